@@ -1,0 +1,86 @@
+/*
+ * COLO where it cannot run: the include/migration/colo.h interface for a
+ * QEMU that has no COLO frame: a --disable-colo build, and every build
+ * until the frame lands.
+ *
+ * Every entry point behaves as "COLO is not active"; enabling the x-colo
+ * capability is refused with a reason, so nothing can ever reach the COLO
+ * states.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "migration/colo.h"
+#include "migration/misc.h"
+#ifdef CONFIG_COLO
+#include "qapi/qapi-commands-migration.h"
+#endif
+
+bool colo_caps_check(const bool *new_caps, Error **errp)
+{
+    error_setg(errp, "COLO is not available in this QEMU binary");
+#ifdef CONFIG_COLO
+    error_append_hint(errp, "Its checkpoint frame is not built yet.\n");
+#else
+    error_append_hint(errp, "It was configured with --disable-colo.\n");
+#endif
+    return false;
+}
+
+bool migration_in_colo_state(void)
+{
+    return false;
+}
+
+bool migration_incoming_in_colo_state(void)
+{
+    return false;
+}
+
+COLOMode get_colo_mode(void)
+{
+    return COLO_MODE_NONE;
+}
+
+void colo_checkpoint_delay_set(void)
+{
+    /* No checkpoint timer to re-arm. */
+}
+
+void colo_shutdown(void)
+{
+    /* Nothing runs that would need stopping. */
+}
+
+/*
+ * The two entry points below are reached only after x-colo was enabled,
+ * which colo_caps_check() refuses.
+ */
+void migrate_start_colo_process(MigrationState *s)
+{
+    g_assert_not_reached();
+}
+
+void coroutine_fn colo_incoming_co(void)
+{
+    g_assert_not_reached();
+}
+
+#ifdef CONFIG_COLO
+void qmp_x_colo_lost_heartbeat(Error **errp)
+{
+    error_setg(errp, "VM is not in COLO mode");
+}
+
+COLOStatus *qmp_query_colo_status(Error **errp)
+{
+    COLOStatus *s = g_new0(COLOStatus, 1);
+
+    s->mode = COLO_MODE_NONE;
+    s->last_mode = COLO_MODE_NONE;
+    s->reason = COLO_EXIT_REASON_NONE;
+    return s;
+}
+#endif
