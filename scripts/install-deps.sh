@@ -10,9 +10,10 @@ set -eu
 # Binary packages needed on the host.  Keep sorted by purpose.
 BUILD_PKGS="build-essential pkg-config ninja-build ccache dpkg-dev python3 python3-venv
  libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libaio-dev
- flex bison check quilt"
+ flex bison check quilt gcc-multilib"
 FIRMWARE_PKGS="seabios ipxe-qemu"
-TEST_PKGS="busybox-static cpio gzip xz-utils kmod iproute2 procps psmisc e2fsprogs"
+TEST_PKGS="busybox-static cpio gzip xz-utils kmod iproute2 procps psmisc e2fsprogs
+ python3-pytest"
 
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then

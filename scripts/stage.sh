@@ -20,10 +20,10 @@ log() { echo "stage: $*" >&2; }
 die() { echo "stage: error: $*" >&2; exit 1; }
 
 # Directories of the repo whose files are part of QEMU's tree.
-overlay_dirs="block docs include migration net qapi stubs system tests/qtest hw util"
+overlay_dirs="block configs docs include migration net qapi stubs system tests/qtest hw util"
 
 quilt_q() {
-    (cd "$src" && QUILT_PATCHES=patches QUILT_PC=.pc quilt --quiltrc=- "$@")
+    (cd "$src" && quilt --quiltrc="$top/scripts/quiltrc" "$@")
 }
 
 # 1. A fresh copy of the base when there is none or the base changed.

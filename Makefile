@@ -1,0 +1,68 @@
+# The COLO project's entry points; README.md explains each.
+#
+#   make            install dependencies, configure (once) and build
+#   make demo       build, then run a protected VM pair and show it working
+#   make check      build, then run every test (unit, base qtests, end-to-end)
+
+BUILD ?= build
+PY := /usr/bin/python3
+SHELL := /bin/bash
+
+# ccache keys on paths relative to this folder, so another clone of the repo
+# on the same machine (CI's) reuses the cache.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
+export COLO_BUILD_DIR := $(abspath $(BUILD))
+
+QEMU_BUILD := $(BUILD)/qemu
+GUEST := $(BUILD)/guest
+
+.PHONY: all deps build qemu firmware guest demo check check-unit \
+        check-qtest check-colo check-base-colo-absent clean distclean help
+
+all: build
+
+help:
+	@sed -n '1,/^$$/p' Makefile
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(BUILD)/config.mak:
+	./configure --build-dir=$(BUILD)
+
+# The staged tree is refreshed on every build (new project files are linked
+# in, changed patches re-applied); then QEMU's own Makefile builds what changed.
+qemu: deps $(BUILD)/config.mak
+	@sh scripts/stage.sh "$$(sed -n 's/^BASE := //p' $(BUILD)/config.mak)" $(BUILD)/src
+	@$(MAKE) --no-print-directory -C $(QEMU_BUILD)
+	@sh scripts/link-firmware.sh $(BUILD)
+
+guest: deps
+	@sh tests/guest/build-guest.sh $(GUEST)
+
+build: qemu guest
+
+demo: build
+	@$(PY) tests/colo/demo.py
+
+check: build
+	@bash scripts/run-checks.sh all
+
+check-unit: deps
+	@bash scripts/run-checks.sh unit
+
+check-qtest: qemu
+	@bash scripts/run-checks.sh qtest
+
+check-colo: build
+	@bash scripts/run-checks.sh colo
+
+check-base-colo-absent: qemu
+	@sh scripts/check-no-base-colo.sh $(BUILD)
+
+clean:
+	rm -rf $(QEMU_BUILD) $(GUEST) $(BUILD)/unit $(BUILD)/results
+
+distclean:
+	rm -rf $(BUILD)

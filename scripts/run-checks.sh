@@ -1,0 +1,141 @@
+#!/bin/bash
+# Run the project's test suites and end with one line "N passed, N failed".
+#
+# Usage: run-checks.sh all|unit|qtest|colo
+#   unit   Check unit tests of our C modules (tests/unit/test-*.c)
+#   qtest  a trimmed set of the base's own migration qtests against our build
+#   colo   end-to-end tests with the test guest (tests/colo, pytest)
+#   all    all of the above, plus the check that no base COLO module is built
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+build=${COLO_BUILD_DIR:-$top/build}
+py=/usr/bin/python3
+results=$build/results
+mkdir -p "$results"
+passed=0
+failed=0
+failures=()
+
+pass() { passed=$((passed + 1)); echo "PASS: $1"; }
+fail() { failed=$((failed + 1)); failures+=("$1"); echo "FAIL: $1"; }
+
+# Each test file names the sources it links in a line
+# "unit-test-sources: FILE..." (paths relative to the repo).
+run_unit() {
+    local t name srcs out
+    mkdir -p "$build/unit"
+    for t in "$top"/tests/unit/test-*.c; do
+        [ -e "$t" ] || continue
+        name=$(basename "$t" .c)
+        srcs=$(sed -n 's/.*unit-test-sources:\(.*\)/\1/p' "$t" | sed 's/\*\///')
+        if ! (cd "$top" && cc -O1 -g -Wall -Wextra -Werror -I tests \
+                -o "$build/unit/$name" "$t" $srcs \
+                $(pkg-config --cflags --libs check)) > "$results/$name.build.log" 2>&1; then
+            cat "$results/$name.build.log"
+            fail "unit/$name (build)"
+            continue
+        fi
+        out=$(CK_DEFAULT_TIMEOUT=60 "$build/unit/$name" 2>&1)
+        echo "$out" | tail -n 20
+        local line checks fails errs
+        line=$(echo "$out" | grep -E '^[0-9]+%: Checks: ' | tail -n 1)
+        checks=$(echo "$line" | sed -n 's/.*Checks: \([0-9]*\).*/\1/p')
+        fails=$(echo "$line" | sed -n 's/.*Failures: \([0-9]*\).*/\1/p')
+        errs=$(echo "$line" | sed -n 's/.*Errors: \([0-9]*\).*/\1/p')
+        if [ -z "$checks" ]; then
+            fail "unit/$name (no Check summary)"
+            continue
+        fi
+        passed=$((passed + checks - fails - errs))
+        if [ $((fails + errs)) -gt 0 ]; then
+            failed=$((failed + fails + errs))
+            failures+=("unit/$name: $fails failures, $errs errors")
+        fi
+    done
+}
+
+# The base's own migration qtests: our patches must not break migration.
+QTESTS="/x86_64/migration/precopy/unix/plain
+/x86_64/migration/precopy/tcp/plain
+/x86_64/migration/precopy/unix/suspend/live"
+run_qtest() {
+    local p log
+    if ! make --no-print-directory -C "$build/qemu" tests/qtest/migration-test \
+            > "$results/qtest-build.log" 2>&1; then
+        tail -n 30 "$results/qtest-build.log"
+        fail "qtest (build of migration-test)"
+        return
+    fi
+    for p in $QTESTS; do
+        log="$results/qtest$(echo "$p" | tr / -).log"
+        if QTEST_QEMU_BINARY="$build/qemu/qemu-system-x86_64" \
+           QTEST_QEMU_IMG="$build/qemu/qemu-img" \
+           timeout 600 "$build/qemu/tests/qtest/migration-test" --tap -p "$p" \
+                > "$log" 2>&1 && grep -q '^ok ' "$log" && ! grep -q '^not ok' "$log"; then
+            pass "qtest$p"
+        else
+            tail -n 30 "$log"
+            fail "qtest$p"
+        fi
+    done
+}
+
+run_colo() {
+    local xml=$results/colo.xml
+    rm -f "$xml"
+    (cd "$top/tests/colo" && timeout 3000 "$py" -m pytest -v -p no:cacheprovider \
+        --junitxml="$xml" .)
+    if [ ! -s "$xml" ]; then
+        fail "colo (pytest produced no report)"
+        return
+    fi
+    local counts
+    counts=$("$py" - "$xml" <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == 'testsuite' else root.findall('testsuite')
+t = f = 0
+names = []
+for s in suites:
+    for c in s.findall('testcase'):
+        if c.find('skipped') is not None:
+            continue
+        t += 1
+        if c.find('failure') is not None or c.find('error') is not None:
+            f += 1
+            names.append(c.get('classname', '') + '::' + c.get('name', ''))
+print(t - f, f, ' '.join(names))
+PYEOF
+)
+    read -r p f names <<< "$counts"
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [ "$f" -gt 0 ] && failures+=("colo: $names")
+    if [ $((p + f)) -eq 0 ]; then
+        fail "colo (no test ran)"
+    fi
+}
+
+run_absent() {
+    if sh "$top/scripts/check-no-base-colo.sh" "$build"; then
+        pass "no base COLO module in the build"
+    else
+        fail "no base COLO module in the build"
+    fi
+}
+
+what=${1:-all}
+case "$what" in
+all) run_unit; run_absent; run_qtest; run_colo ;;
+unit) run_unit ;;
+qtest) run_qtest ;;
+colo) run_colo ;;
+*) echo "usage: $0 all|unit|qtest|colo" >&2; exit 2 ;;
+esac
+
+echo
+for f in "${failures[@]+"${failures[@]}"}"; do
+    echo "failed: $f"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
