@@ -1,7 +1,6 @@
 /*
  * COLO where it cannot run: the include/migration/colo.h interface for a
- * QEMU that has no COLO frame: a --disable-colo build, and every build
- * until the frame lands.
+ * QEMU built with --disable-colo.
  *
  * Every entry point behaves as "COLO is not active"; enabling the x-colo
  * capability is refused with a reason, so nothing can ever reach the COLO
@@ -14,18 +13,11 @@
 #include "qapi/error.h"
 #include "migration/colo.h"
 #include "migration/misc.h"
-#ifdef CONFIG_COLO
-#include "qapi/qapi-commands-migration.h"
-#endif
 
 bool colo_caps_check(const bool *new_caps, Error **errp)
 {
     error_setg(errp, "COLO is not available in this QEMU binary");
-#ifdef CONFIG_COLO
-    error_append_hint(errp, "Its checkpoint frame is not built yet.\n");
-#else
     error_append_hint(errp, "It was configured with --disable-colo.\n");
-#endif
     return false;
 }
 
@@ -67,20 +59,3 @@ void coroutine_fn colo_incoming_co(void)
 {
     g_assert_not_reached();
 }
-
-#ifdef CONFIG_COLO
-void qmp_x_colo_lost_heartbeat(Error **errp)
-{
-    error_setg(errp, "VM is not in COLO mode");
-}
-
-COLOStatus *qmp_query_colo_status(Error **errp)
-{
-    COLOStatus *s = g_new0(COLOStatus, 1);
-
-    s->mode = COLO_MODE_NONE;
-    s->last_mode = COLO_MODE_NONE;
-    s->reason = COLO_EXIT_REASON_NONE;
-    return s;
-}
-#endif

@@ -1,0 +1,67 @@
+/*
+ * COLO: state shared by the primary's and the secondary's sides.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef MIGRATION_COLO_INTERNAL_H
+#define MIGRATION_COLO_INTERNAL_H
+
+#include "qapi/qapi-types-migration.h"
+#include "qemu/thread.h"
+
+/* Checkpoint statistics of this side; see COLOCheckpointStats. */
+typedef struct ColoStats {
+    uint64_t checkpoints;       /* completed (primary) or loaded (secondary) */
+    uint64_t pause_last_us;     /* VM stopped for the last one */
+    uint64_t pause_total_us;    /* sum over all, for the mean */
+    uint64_t pause_max_us;      /* the longest */
+    uint64_t bytes_last;        /* checkpoint message size, last */
+    uint64_t bytes_total;
+    uint64_t pages_last;        /* dirty pages carried, last */
+    uint64_t pages_total;
+    uint64_t received_last_us;  /* primary: VM stop to the secondary's ack */
+} ColoStats;
+
+typedef struct ColoState {
+    /* Protects everything below but the semaphore. */
+    QemuMutex lock;
+    COLOMode mode;              /* COLO_MODE_NONE unless in COLO */
+    COLOMode last_mode;
+    COLOExitReason reason;
+    ColoStats stats;
+    /* The replication channel, to shut down when leaving COLO. */
+    QEMUFile *to_peer;
+    QEMUFile *from_peer;
+    /* Requests to the running side; the semaphore wakes it. */
+    bool checkpoint_requested;
+    bool exit_requested;
+    bool guest_shutdown;
+    QemuSemaphore kick;
+} ColoState;
+
+extern ColoState colo_state;
+
+/* Enter COLO as @mode with the replication channel @to / @from. */
+void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from);
+
+/*
+ * Leave COLO: record @reason (and @err, reported) and send COLO_EXIT.
+ * The channel is shut down so that the peer notices at once.
+ */
+void colo_state_exit(COLOExitReason reason, Error *err);
+
+/* Add one checkpoint to the statistics. */
+void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
+                    uint64_t received_us);
+
+/* Take the pending requests (cleared on return). */
+bool colo_take_checkpoint_request(void);
+bool colo_exit_is_requested(void);
+bool colo_guest_shutdown_is_requested(void);
+
+/* The two sides' loops. */
+void colo_primary_run(MigrationState *s);
+void colo_secondary_run(MigrationIncomingState *mis);
+
+#endif

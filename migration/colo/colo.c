@@ -1,0 +1,305 @@
+/*
+ * COLO: coarse-grain lock-stepping of a primary and a secondary VM.
+ *
+ * This file is the include/migration/colo.h interface and the state both
+ * sides share: which mode this QEMU is in, why it left COLO, checkpoint
+ * statistics, and the QMP/HMP commands.  The checkpoint loops are in
+ * primary.c and secondary.c, the wire format in protocol.h.
+ * docs/devel/migration/colo.rst explains the design.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-commands-migration.h"
+#include "qapi/qapi-events-migration.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qemu/module.h"
+#include "qemu/notify.h"
+#include "qobject/qdict.h"
+#include "monitor/hmp.h"
+#include "monitor/monitor.h"
+#include "system/runstate.h"
+#include "migration/colo.h"
+#include "migration/misc.h"
+#include "migration/migration.h"
+#include "migration/options.h"
+#include "migration/qemu-file.h"
+#include "colo-internal.h"
+#include "trace.h"
+
+ColoState colo_state;
+
+static void colo_shutdown_notify(Notifier *n, void *data);
+static Notifier colo_shutdown_notifier = { .notify = colo_shutdown_notify };
+
+static void colo_init(void)
+{
+    qemu_mutex_init(&colo_state.lock);
+    qemu_sem_init(&colo_state.kick, 0);
+    qemu_register_shutdown_notifier(&colo_shutdown_notifier);
+}
+migration_init(colo_init);
+
+bool colo_caps_check(const bool *new_caps, Error **errp)
+{
+    static const MigrationCapability incompatible[] = {
+        MIGRATION_CAPABILITY_POSTCOPY_RAM,
+        MIGRATION_CAPABILITY_MULTIFD,
+        MIGRATION_CAPABILITY_MAPPED_RAM,
+        MIGRATION_CAPABILITY_BACKGROUND_SNAPSHOT,
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(incompatible); i++) {
+        if (new_caps[incompatible[i]]) {
+            error_setg(errp, "x-colo cannot be combined with %s",
+                       MigrationCapability_str(incompatible[i]));
+            return false;
+        }
+    }
+    return true;
+}
+
+COLOMode get_colo_mode(void)
+{
+    COLOMode mode;
+
+    qemu_mutex_lock(&colo_state.lock);
+    mode = colo_state.mode;
+    qemu_mutex_unlock(&colo_state.lock);
+    return mode;
+}
+
+bool migration_in_colo_state(void)
+{
+    return migrate_get_current()->state == MIGRATION_STATUS_COLO;
+}
+
+bool migration_incoming_in_colo_state(void)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+
+    return mis && mis->state == MIGRATION_STATUS_COLO;
+}
+
+void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
+{
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.mode = mode;
+    colo_state.last_mode = mode;
+    colo_state.reason = COLO_EXIT_REASON_NONE;
+    memset(&colo_state.stats, 0, sizeof(colo_state.stats));
+    colo_state.to_peer = to;
+    colo_state.from_peer = from;
+    colo_state.checkpoint_requested = false;
+    colo_state.exit_requested = false;
+    colo_state.guest_shutdown = false;
+    qemu_mutex_unlock(&colo_state.lock);
+    trace_colo_enter(COLOMode_str(mode));
+}
+
+void colo_state_exit(COLOExitReason reason, Error *err)
+{
+    COLOMode mode;
+
+    qemu_mutex_lock(&colo_state.lock);
+    mode = colo_state.mode;
+    colo_state.mode = COLO_MODE_NONE;
+    colo_state.reason = reason;
+    if (colo_state.to_peer) {
+        qemu_file_shutdown(colo_state.to_peer);
+    }
+    if (colo_state.from_peer) {
+        qemu_file_shutdown(colo_state.from_peer);
+    }
+    colo_state.to_peer = NULL;
+    colo_state.from_peer = NULL;
+    qemu_mutex_unlock(&colo_state.lock);
+
+    trace_colo_exit(COLOMode_str(mode), COLOExitReason_str(reason));
+    if (err) {
+        error_report_err(err);
+    }
+    qapi_event_send_colo_exit(mode, reason);
+}
+
+void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
+                    uint64_t received_us)
+{
+    ColoStats *st = &colo_state.stats;
+
+    qemu_mutex_lock(&colo_state.lock);
+    st->checkpoints++;
+    st->pause_last_us = pause_us;
+    st->pause_total_us += pause_us;
+    st->pause_max_us = MAX(st->pause_max_us, pause_us);
+    st->bytes_last = bytes;
+    st->bytes_total += bytes;
+    st->pages_last = pages;
+    st->pages_total += pages;
+    st->received_last_us = received_us;
+    qemu_mutex_unlock(&colo_state.lock);
+}
+
+bool colo_take_checkpoint_request(void)
+{
+    bool requested;
+
+    qemu_mutex_lock(&colo_state.lock);
+    requested = colo_state.checkpoint_requested;
+    colo_state.checkpoint_requested = false;
+    qemu_mutex_unlock(&colo_state.lock);
+    return requested;
+}
+
+bool colo_exit_is_requested(void)
+{
+    bool requested;
+
+    qemu_mutex_lock(&colo_state.lock);
+    requested = colo_state.exit_requested;
+    qemu_mutex_unlock(&colo_state.lock);
+    return requested;
+}
+
+bool colo_guest_shutdown_is_requested(void)
+{
+    bool requested;
+
+    qemu_mutex_lock(&colo_state.lock);
+    requested = colo_state.guest_shutdown;
+    qemu_mutex_unlock(&colo_state.lock);
+    return requested;
+}
+
+/* A new x-checkpoint-delay applies at once: wake the primary to re-plan. */
+void colo_checkpoint_delay_set(void)
+{
+    if (get_colo_mode() == COLO_MODE_PRIMARY) {
+        qemu_sem_post(&colo_state.kick);
+    }
+}
+
+/*
+ * A guest that shuts down in COLO takes its secondary with it: the primary
+ * tells the secondary before this QEMU exits (see colo_shutdown()).
+ */
+static void colo_shutdown_notify(Notifier *n, void *data)
+{
+    ShutdownCause cause = *(ShutdownCause *)data;
+
+    if (cause != SHUTDOWN_CAUSE_GUEST_SHUTDOWN ||
+        get_colo_mode() != COLO_MODE_PRIMARY) {
+        return;
+    }
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.guest_shutdown = true;
+    colo_state.exit_requested = true;
+    qemu_mutex_unlock(&colo_state.lock);
+    qemu_sem_post(&colo_state.kick);
+}
+
+/*
+ * QEMU is exiting.  The primary's loop runs in the migration thread,
+ * which migration_shutdown() cancels next; ask it to leave COLO first
+ * (after telling the secondary, if the guest shut down).
+ */
+void colo_shutdown(void)
+{
+    if (get_colo_mode() == COLO_MODE_NONE) {
+        return;
+    }
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.exit_requested = true;
+    qemu_mutex_unlock(&colo_state.lock);
+    qemu_sem_post(&colo_state.kick);
+}
+
+void migrate_start_colo_process(MigrationState *s)
+{
+    bql_unlock();
+    colo_primary_run(s);
+    bql_lock();
+}
+
+void coroutine_fn colo_incoming_co(void)
+{
+    colo_secondary_run(migration_incoming_get_current());
+}
+
+void qmp_x_colo_checkpoint(Error **errp)
+{
+    if (get_colo_mode() != COLO_MODE_PRIMARY) {
+        error_setg(errp, "A checkpoint can only be requested on the primary"
+                   " of a COLO pair");
+        return;
+    }
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.checkpoint_requested = true;
+    qemu_mutex_unlock(&colo_state.lock);
+    qemu_sem_post(&colo_state.kick);
+}
+
+void qmp_x_colo_lost_heartbeat(Error **errp)
+{
+    error_setg(errp, "VM is not in COLO mode");
+}
+
+COLOStatus *qmp_query_colo_status(Error **errp)
+{
+    COLOStatus *st = g_new0(COLOStatus, 1);
+    COLOCheckpointStats *cs = g_new0(COLOCheckpointStats, 1);
+    ColoStats *s = &colo_state.stats;
+
+    qemu_mutex_lock(&colo_state.lock);
+    st->mode = colo_state.mode;
+    st->last_mode = colo_state.last_mode;
+    st->reason = colo_state.reason;
+    cs->checkpoints = s->checkpoints;
+    cs->pause_last_us = s->pause_last_us;
+    cs->pause_mean_us = s->checkpoints ? s->pause_total_us / s->checkpoints : 0;
+    cs->pause_max_us = s->pause_max_us;
+    cs->bytes_last = s->bytes_last;
+    cs->bytes_total = s->bytes_total;
+    cs->pages_last = s->pages_last;
+    cs->pages_total = s->pages_total;
+    if (colo_state.last_mode == COLO_MODE_PRIMARY) {
+        cs->has_received_last_us = true;
+        cs->received_last_us = s->received_last_us;
+    }
+    qemu_mutex_unlock(&colo_state.lock);
+    st->stats = cs;
+    return st;
+}
+
+void hmp_info_colo(Monitor *mon, const QDict *qdict)
+{
+    g_autoptr(COLOStatus) st = qmp_query_colo_status(NULL);
+    COLOCheckpointStats *cs = st->stats;
+
+    monitor_printf(mon, "COLO mode: %s (last: %s, exit reason: %s)\n",
+                   COLOMode_str(st->mode), COLOMode_str(st->last_mode),
+                   COLOExitReason_str(st->reason));
+    monitor_printf(mon, "checkpoints: %" PRIu64 "\n", cs->checkpoints);
+    monitor_printf(mon, "pause: last %" PRIu64 " us, mean %" PRIu64
+                   " us, max %" PRIu64 " us\n",
+                   cs->pause_last_us, cs->pause_mean_us, cs->pause_max_us);
+    monitor_printf(mon, "bytes: last %" PRIu64 ", total %" PRIu64 "\n",
+                   cs->bytes_last, cs->bytes_total);
+    monitor_printf(mon, "dirty pages: last %" PRIu64 ", total %" PRIu64 "\n",
+                   cs->pages_last, cs->pages_total);
+    if (cs->has_received_last_us) {
+        monitor_printf(mon, "secondary's ack: %" PRIu64 " us after the stop\n",
+                       cs->received_last_us);
+    }
+}
+
+void hmp_x_colo_checkpoint(Monitor *mon, const QDict *qdict)
+{
+    Error *err = NULL;
+
+    qmp_x_colo_checkpoint(&err);
+    hmp_handle_error(mon, err);
+}

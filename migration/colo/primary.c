@@ -1,0 +1,211 @@
+/*
+ * COLO primary: the periodic checkpoint loop.
+ *
+ * Runs in the migration thread once the initial migration has reached
+ * COLO state.  Each checkpoint stops the VM only for as long as it takes
+ * to copy the dirty pages and serialise the device state into a buffer;
+ * the VM resumes before the buffer is sent.  The next checkpoint starts
+ * once the secondary has loaded this one and the period has elapsed, or
+ * at once when one is requested.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/bswap.h"
+#include "qemu/iov.h"
+#include "qemu/units.h"
+#include "qemu/main-loop.h"
+#include "qemu/timer.h"
+#include "io/channel-buffer.h"
+#include "system/runstate.h"
+#include "system/system.h"
+#include "migration/colo.h"
+#include "migration/migration.h"
+#include "migration/options.h"
+#include "migration/qemu-file.h"
+#include "migration/savevm.h"
+#include "colo-internal.h"
+#include "protocol.h"
+#include "ram.h"
+#include "trace.h"
+
+typedef struct ColoPrimary {
+    MigrationState *s;
+    QEMUFile *to;               /* forward channel */
+    QEMUFile *from;             /* return channel */
+    bool own_from;              /* @from was opened here */
+    uint64_t seq;               /* last checkpoint sent */
+    GByteArray *ram;            /* checkpoint: be64 RAM length + records */
+    GByteArray *reply;          /* last message from the secondary */
+} ColoPrimary;
+
+/*
+ * Serialise the device state (BQL held, VM stopped) into a buffer; the
+ * returned file must stay open while the buffer is used, since closing
+ * it frees the buffer.
+ */
+static QEMUFile *colo_primary_save_devices(QIOChannelBuffer *bioc,
+                                           Error **errp)
+{
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
+    int ret;
+
+    ret = qemu_save_device_state(f);
+    if (!ret) {
+        ret = qemu_fflush(f);
+    }
+    if (ret) {
+        error_setg_errno(errp, -ret, "COLO: saving the device state failed");
+        qemu_fclose(f);
+        return NULL;
+    }
+    return f;
+}
+
+static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
+{
+    g_autoptr(QIOChannelBuffer) bioc = qio_channel_buffer_new(256 * KiB);
+    g_autoptr(QEMUFile) devices = NULL;
+    ColoRamStats ram_stats;
+    bool was_running, ok;
+    int64_t t_stop, t_resume, t_received;
+    struct iovec iov[2];
+    uint64_t seq = p->seq + 1;
+
+    g_byte_array_set_size(p->ram, 8);
+
+    bql_lock();
+    t_stop = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    was_running = runstate_is_running();
+    if (was_running) {
+        vm_stop_force_state(RUN_STATE_COLO);
+    }
+    trace_colo_checkpoint_stop(seq);
+    ok = colo_ram_capture(p->ram, &ram_stats, errp) &&
+         (devices = colo_primary_save_devices(bioc, errp));
+    /*
+     * The next checkpoint captures whatever the VM does from here on;
+     * whatever it emits meanwhile is held until this one is safe.
+     */
+    if (was_running) {
+        vm_start();
+    }
+    t_resume = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    bql_unlock();
+    if (!ok) {
+        return false;
+    }
+    trace_colo_checkpoint_resume(seq, t_resume - t_stop);
+
+    stq_be_p(p->ram->data, p->ram->len - 8);
+    iov[0].iov_base = p->ram->data;
+    iov[0].iov_len = p->ram->len;
+    iov[1].iov_base = bioc->data;
+    iov[1].iov_len = bioc->usage;
+    if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 2, errp)) {
+        return false;
+    }
+    p->seq = seq;
+    if (!colo_msg_expect(p->from, COLO_MSG_RECEIVED, seq, p->reply, errp)) {
+        return false;
+    }
+    t_received = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, p->reply, errp)) {
+        return false;
+    }
+    colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
+                   ram_stats.pages, t_received - t_stop);
+    trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
+                               t_received - t_stop);
+    return true;
+}
+
+/*
+ * Wait until the next checkpoint is due: the period since the start of
+ * the previous one has elapsed, or one was requested.  Returns false when
+ * COLO is to end instead.
+ */
+static bool colo_primary_wait(int64_t last_start_ms)
+{
+    for (;;) {
+        int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+        int64_t due = last_start_ms + migrate_checkpoint_delay();
+
+        if (colo_exit_is_requested()) {
+            return false;
+        }
+        if (colo_take_checkpoint_request() || now >= due) {
+            return true;
+        }
+        qemu_sem_timedwait(&colo_state.kick, due - now);
+    }
+}
+
+static bool colo_primary_start(ColoPrimary *p, Error **errp)
+{
+    p->to = p->s->to_dst_file;
+    p->from = p->s->rp_state.from_dst_file;
+    if (!p->from) {
+        p->from = qemu_file_get_return_path(p->to);
+        p->own_from = true;
+    }
+    if (!p->from) {
+        error_setg(errp, "COLO: no return path to the secondary");
+        return false;
+    }
+    /* Control messages are small and latency-bound: no Nagle. */
+    qio_channel_set_delay(qemu_file_get_ioc(p->to), false);
+
+    colo_state_enter(COLO_MODE_PRIMARY, p->to, p->from);
+    if (!colo_msg_expect(p->from, COLO_MSG_HELLO, 0, p->reply, errp) ||
+        !colo_ram_layout_check(p->reply->data, p->reply->len, errp)) {
+        return false;
+    }
+    /* The pair is in lock-step from here: the VM may run. */
+    bql_lock();
+    vm_start();
+    bql_unlock();
+    return true;
+}
+
+void colo_primary_run(MigrationState *s)
+{
+    ColoPrimary p = {
+        .s = s,
+        .ram = g_byte_array_new(),
+        .reply = g_byte_array_new(),
+    };
+    Error *err = NULL;
+    bool failed;
+
+    if (colo_primary_start(&p, &err)) {
+        int64_t start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+
+        while (colo_primary_wait(start)) {
+            start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+            if (!colo_primary_checkpoint(&p, &err)) {
+                break;
+            }
+        }
+    }
+    failed = err != NULL;
+    if (!failed && colo_guest_shutdown_is_requested()) {
+        /* Best effort: the secondary fails over by itself otherwise. */
+        colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
+    }
+    if (failed) {
+        migrate_set_error(s, err);
+    }
+    colo_state_exit(failed ? COLO_EXIT_REASON_ERROR : COLO_EXIT_REASON_REQUEST,
+                    err);
+    migrate_set_state(&s->state, MIGRATION_STATUS_COLO,
+                      failed ? MIGRATION_STATUS_FAILED
+                             : MIGRATION_STATUS_COMPLETED);
+    if (p.own_from) {
+        qemu_fclose(p.from);
+    }
+    g_byte_array_unref(p.ram);
+    g_byte_array_unref(p.reply);
+}

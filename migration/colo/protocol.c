@@ -1,0 +1,222 @@
+/*
+ * COLO replication channel: message framing (see protocol.h).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <zlib.h>
+#include "qapi/error.h"
+#include "qemu/bswap.h"
+#include "qemu/iov.h"
+#include "qemu/units.h"
+#include "migration/qemu-file.h"
+#include "protocol.h"
+#include "trace.h"
+
+/*
+ * Control messages are tiny; a checkpoint carries at most the whole guest
+ * RAM plus device state, which 1 TiB bounds generously while still
+ * refusing lengths that could only come from garbage.
+ */
+#define COLO_MSG_CONTROL_MAX   (64 * KiB)
+#define COLO_MSG_CHECKPOINT_MAX (1 * TiB)
+
+static const char *const colo_msg_names[COLO_MSG__MAX] = {
+    [COLO_MSG_HELLO] = "hello",
+    [COLO_MSG_CHECKPOINT] = "checkpoint",
+    [COLO_MSG_RECEIVED] = "received",
+    [COLO_MSG_LOADED] = "loaded",
+    [COLO_MSG_SHUTDOWN] = "shutdown",
+    [COLO_MSG_ERROR] = "error",
+};
+
+const char *colo_msg_name(ColoMsgType type)
+{
+    if (type > 0 && type < COLO_MSG__MAX) {
+        return colo_msg_names[type];
+    }
+    return "invalid";
+}
+
+uint64_t colo_msg_max_length(ColoMsgType type)
+{
+    switch (type) {
+    case COLO_MSG_CHECKPOINT:
+        return COLO_MSG_CHECKPOINT_MAX;
+    case COLO_MSG_HELLO:
+    case COLO_MSG_ERROR:
+        return COLO_MSG_CONTROL_MAX;
+    default:
+        return 0;
+    }
+}
+
+uint32_t colo_msg_payload_crc(const void *data, size_t len)
+{
+    return len ? crc32_z(0, data, len) : 0;
+}
+
+static uint32_t colo_msg_iov_crc(const struct iovec *iov, int iovcnt)
+{
+    uLong crc = 0;
+
+    /* Skip empty parts: zlib takes a NULL buffer as "reset". */
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len) {
+            crc = crc32_z(crc, iov[i].iov_base, iov[i].iov_len);
+        }
+    }
+    return crc;
+}
+
+static uint32_t colo_msg_header_crc(const uint8_t *buf)
+{
+    return crc32_z(0, buf, COLO_MSG_HEADER_SIZE - 4);
+}
+
+void colo_msg_header_encode(uint8_t buf[COLO_MSG_HEADER_SIZE],
+                            const ColoMsgHeader *hdr)
+{
+    stl_be_p(buf, COLO_MSG_MAGIC);
+    stw_be_p(buf + 4, hdr->type);
+    stw_be_p(buf + 6, 0);
+    stq_be_p(buf + 8, hdr->seq);
+    stq_be_p(buf + 16, hdr->length);
+    stl_be_p(buf + 24, hdr->payload_crc);
+    stl_be_p(buf + 28, colo_msg_header_crc(buf));
+}
+
+bool colo_msg_header_decode(const uint8_t buf[COLO_MSG_HEADER_SIZE],
+                            ColoMsgHeader *hdr, Error **errp)
+{
+    uint32_t type;
+
+    if ((uint32_t)ldl_be_p(buf) != COLO_MSG_MAGIC) {
+        error_setg(errp, "COLO message has a bad magic 0x%08x", ldl_be_p(buf));
+        return false;
+    }
+    if ((uint32_t)ldl_be_p(buf + 28) != colo_msg_header_crc(buf)) {
+        error_setg(errp, "COLO message header fails its checksum");
+        return false;
+    }
+    type = lduw_be_p(buf + 4);
+    if (type == 0 || type >= COLO_MSG__MAX) {
+        error_setg(errp, "COLO message has an unknown type %u", type);
+        return false;
+    }
+    if (lduw_be_p(buf + 6) != 0) {
+        error_setg(errp, "COLO message has unknown flags 0x%x",
+                   lduw_be_p(buf + 6));
+        return false;
+    }
+    hdr->type = type;
+    hdr->seq = ldq_be_p(buf + 8);
+    hdr->length = ldq_be_p(buf + 16);
+    hdr->payload_crc = ldl_be_p(buf + 24);
+    if (hdr->length > colo_msg_max_length(hdr->type)) {
+        error_setg(errp, "COLO %s message is too long (%" PRIu64 " bytes)",
+                   colo_msg_name(hdr->type), hdr->length);
+        return false;
+    }
+    return true;
+}
+
+static bool colo_file_check(QEMUFile *f, const char *what, Error **errp)
+{
+    Error *local_err = NULL;
+
+    if (qemu_file_get_error_obj(f, &local_err)) {
+        if (local_err) {
+            error_propagate_prepend(errp, local_err, "COLO %s: ", what);
+        } else {
+            error_setg(errp, "COLO %s: channel error", what);
+        }
+        return false;
+    }
+    return true;
+}
+
+bool colo_msg_send(QEMUFile *f, ColoMsgType type, uint64_t seq,
+                   const struct iovec *iov, int iovcnt, Error **errp)
+{
+    uint8_t buf[COLO_MSG_HEADER_SIZE];
+    ColoMsgHeader hdr = {
+        .type = type,
+        .seq = seq,
+        .length = iov_size(iov, iovcnt),
+        .payload_crc = colo_msg_iov_crc(iov, iovcnt),
+    };
+
+    colo_msg_header_encode(buf, &hdr);
+    qemu_put_buffer(f, buf, sizeof(buf));
+    for (int i = 0; i < iovcnt; i++) {
+        qemu_put_buffer(f, iov[i].iov_base, iov[i].iov_len);
+    }
+    qemu_fflush(f);
+    trace_colo_msg_send(colo_msg_name(type), seq, hdr.length);
+    return colo_file_check(f, "send", errp);
+}
+
+bool colo_msg_send_empty(QEMUFile *f, ColoMsgType type, uint64_t seq,
+                         Error **errp)
+{
+    return colo_msg_send(f, type, seq, NULL, 0, errp);
+}
+
+bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
+                   Error **errp)
+{
+    uint8_t buf[COLO_MSG_HEADER_SIZE];
+    size_t got;
+
+    got = qemu_get_buffer(f, buf, sizeof(buf));
+    if (got != sizeof(buf)) {
+        if (!colo_file_check(f, "receive", errp)) {
+            return false;
+        }
+        error_setg(errp, "COLO channel closed by the peer");
+        return false;
+    }
+    if (!colo_msg_header_decode(buf, hdr, errp)) {
+        return false;
+    }
+    g_byte_array_set_size(payload, hdr->length);
+    got = qemu_get_buffer(f, payload->data, hdr->length);
+    if (got != hdr->length) {
+        if (!colo_file_check(f, "receive", errp)) {
+            return false;
+        }
+        error_setg(errp, "COLO %s message torn after %zu of %" PRIu64
+                   " bytes", colo_msg_name(hdr->type), got, hdr->length);
+        return false;
+    }
+    if (colo_msg_payload_crc(payload->data, hdr->length) != hdr->payload_crc) {
+        error_setg(errp, "COLO %s message %" PRIu64 " fails its checksum",
+                   colo_msg_name(hdr->type), hdr->seq);
+        return false;
+    }
+    trace_colo_msg_recv(colo_msg_name(hdr->type), hdr->seq, hdr->length);
+    return true;
+}
+
+bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,
+                     GByteArray *payload, Error **errp)
+{
+    ColoMsgHeader hdr;
+
+    if (!colo_msg_recv(f, &hdr, payload, errp)) {
+        return false;
+    }
+    if (hdr.type == COLO_MSG_ERROR && type != COLO_MSG_ERROR) {
+        error_setg(errp, "COLO peer failed: %.*s", (int)payload->len,
+                   (const char *)payload->data);
+        return false;
+    }
+    if (hdr.type != type || hdr.seq != seq) {
+        error_setg(errp, "COLO expected %s %" PRIu64 ", got %s %" PRIu64,
+                   colo_msg_name(type), seq, colo_msg_name(hdr.type), hdr.seq);
+        return false;
+    }
+    return true;
+}

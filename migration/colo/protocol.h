@@ -1,0 +1,98 @@
+/*
+ * COLO replication channel: message framing.
+ *
+ * After the initial migration, primary and secondary talk over the
+ * migration connection in both directions (forward: primary to secondary;
+ * return: secondary to primary) with self-delimiting, checksummed messages.
+ * A message that is torn, garbled or unexpected is detected and reported,
+ * never acted on.  docs/devel/migration/colo.rst describes the exchange.
+ *
+ * Wire format, all integers big-endian:
+ *
+ *   offset size  field
+ *        0    4  magic "COLO"
+ *        4    2  type (ColoMsgType)
+ *        6    2  flags (must be 0)
+ *        8    8  seq: the checkpoint the message is about (0 if none)
+ *       16    8  length of the payload that follows
+ *       24    4  CRC-32 (zlib's) of the payload
+ *       28    4  CRC-32 of bytes 0..27
+ *       32       payload
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef MIGRATION_COLO_PROTOCOL_H
+#define MIGRATION_COLO_PROTOCOL_H
+
+#define COLO_MSG_MAGIC 0x434f4c4fu /* "COLO" */
+#define COLO_MSG_HEADER_SIZE 32
+
+/* Bumped on any incompatible change of the exchange or the formats. */
+#define COLO_PROTOCOL_VERSION 1
+
+typedef enum ColoMsgType {
+    /* secondary -> primary: ready, with its RAM layout (ram.h) */
+    COLO_MSG_HELLO = 1,
+    /* primary -> secondary: one whole checkpoint (checkpoint body below) */
+    COLO_MSG_CHECKPOINT,
+    /* secondary -> primary: checkpoint @seq is held whole; it will load it */
+    COLO_MSG_RECEIVED,
+    /* secondary -> primary: the SVM now stands at checkpoint @seq */
+    COLO_MSG_LOADED,
+    /* primary -> secondary: the guest shut down; shut down too */
+    COLO_MSG_SHUTDOWN,
+    /* either way: the sender leaves COLO; payload is the reason (text) */
+    COLO_MSG_ERROR,
+    COLO_MSG__MAX,
+} ColoMsgType;
+
+typedef struct ColoMsgHeader {
+    ColoMsgType type;
+    uint64_t seq;
+    uint64_t length;
+    uint32_t payload_crc;
+} ColoMsgHeader;
+
+/* The largest payload a message of @type may carry. */
+uint64_t colo_msg_max_length(ColoMsgType type);
+
+const char *colo_msg_name(ColoMsgType type);
+
+/* Encode @hdr into @buf; hdr->payload_crc must already be set. */
+void colo_msg_header_encode(uint8_t buf[COLO_MSG_HEADER_SIZE],
+                            const ColoMsgHeader *hdr);
+
+/*
+ * Decode and validate a header: magic, header checksum, flags, type and
+ * length bound.  Returns false with @errp set if any of them is wrong.
+ */
+bool colo_msg_header_decode(const uint8_t buf[COLO_MSG_HEADER_SIZE],
+                            ColoMsgHeader *hdr, Error **errp);
+
+/* CRC-32 of a payload, as carried in the header. */
+uint32_t colo_msg_payload_crc(const void *data, size_t len);
+
+/* Channel I/O; each returns false with @errp set on any failure. */
+typedef struct QEMUFile QEMUFile;
+
+/* Send a message whose payload is the concatenation of @iov. */
+bool colo_msg_send(QEMUFile *f, ColoMsgType type, uint64_t seq,
+                   const struct iovec *iov, int iovcnt, Error **errp);
+
+/* Send a message with no payload. */
+bool colo_msg_send_empty(QEMUFile *f, ColoMsgType type, uint64_t seq,
+                         Error **errp);
+
+/*
+ * Receive one message into @hdr and @payload (resized to its length).
+ * The payload is verified against its checksum before this returns.
+ */
+bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
+                   Error **errp);
+
+/* Receive a message and check that it is @type about checkpoint @seq. */
+bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,
+                     GByteArray *payload, Error **errp);
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * COLO: RAM in checkpoints.
+ *
+ * The primary captures the pages dirtied since the previous checkpoint
+ * (ram-capture.c); the secondary stages a whole checkpoint, checks it and
+ * only then flushes its pages into the SVM (ram-cache.c).
+ *
+ * Both sides must agree on the RAM layout: the secondary describes its own
+ * in its HELLO message and the primary refuses a layout that differs from
+ * its own.  Blocks are then named by their index in that layout.
+ *
+ * Layout, all integers big-endian:
+ *   be32 protocol version, be32 target page size, be32 number of blocks,
+ *   then per block: u8 idstr length, idstr, be64 used length in bytes.
+ *
+ * RAM records of a checkpoint, each 16 bytes, big-endian:
+ *   u8 kind (ColoRamRecordKind), u8 0, be16 block index, be32 page count,
+ *   be64 offset of the first page in the block,
+ * followed, for COLO_RAM_PAGES, by the pages' contents.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef MIGRATION_COLO_RAM_H
+#define MIGRATION_COLO_RAM_H
+
+#define COLO_RAM_RECORD_SIZE 16
+
+typedef enum ColoRamRecordKind {
+    COLO_RAM_PAGES = 1,     /* pages, contents follow */
+    COLO_RAM_ZERO = 2,      /* pages that are all zero, nothing follows */
+} ColoRamRecordKind;
+
+typedef struct ColoRamStats {
+    uint64_t pages;         /* dirty pages in the checkpoint */
+    uint64_t zero_pages;    /* of which all zero, sent without contents */
+} ColoRamStats;
+
+/* Append this side's RAM layout to @out. */
+void colo_ram_layout_encode(GByteArray *out);
+
+/* Check that the peer's layout @buf equals this side's. */
+bool colo_ram_layout_check(const uint8_t *buf, size_t len, Error **errp);
+
+/*
+ * Primary: append the pages dirtied since the previous call (or since
+ * the initial migration) to @out, as RAM records.  Called with the BQL
+ * held and the VM stopped.
+ */
+bool colo_ram_capture(GByteArray *out, ColoRamStats *stats, Error **errp);
+
+/*
+ * Secondary: check RAM records @buf completely (block, bounds, lengths),
+ * without touching guest memory.
+ */
+bool colo_ram_cache_check(const uint8_t *buf, size_t len, Error **errp);
+
+/*
+ * Secondary: flush checked RAM records into the SVM's memory.  Called
+ * with the BQL held and the SVM stopped.
+ */
+void colo_ram_cache_flush(const uint8_t *buf, size_t len,
+                          ColoRamStats *stats);
+
+#endif

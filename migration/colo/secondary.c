@@ -1,0 +1,212 @@
+/*
+ * COLO secondary: receive and load checkpoints.
+ *
+ * Once the initial migration has been loaded, the incoming coroutine hands
+ * over to a thread that reads checkpoints from the primary.  In periodic
+ * mode the SVM does not run: it stands at the last loaded checkpoint, its
+ * output silent, until a failover starts it.  A checkpoint is received
+ * whole and checked before anything of it is applied (ram-cache.c), and it
+ * is acknowledged twice: RECEIVED once it is held whole (the primary may
+ * then release the output it covers: the secondary will load it even if
+ * the primary dies now) and LOADED once the SVM stands at it.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/bswap.h"
+#include "qemu/coroutine.h"
+#include "qemu/main-loop.h"
+#include "qemu/timer.h"
+#include "block/aio.h"
+#include "io/channel-buffer.h"
+#include "system/runstate.h"
+#include "system/system.h"
+#include "migration/colo.h"
+#include "migration/migration.h"
+#include "migration/qemu-file.h"
+#include "migration/savevm.h"
+#include "colo-internal.h"
+#include "protocol.h"
+#include "ram.h"
+#include "trace.h"
+
+typedef struct ColoSecondary {
+    MigrationIncomingState *mis;
+    QEMUFile *from;             /* forward channel */
+    QEMUFile *to;               /* return channel */
+    Coroutine *co;              /* the incoming coroutine, parked */
+    QemuThread thread;
+    GByteArray *msg;            /* the checkpoint being received */
+    uint64_t loaded;            /* last checkpoint the SVM stands at */
+    bool shutdown;              /* the primary's guest shut down */
+    bool unusable;              /* the SVM was left half loaded */
+    Error *err;
+} ColoSecondary;
+
+static bool colo_secondary_load_devices(const uint8_t *buf, size_t len,
+                                        Error **errp)
+{
+    g_autoptr(QIOChannelBuffer) bioc = qio_channel_buffer_new(len);
+    g_autoptr(QEMUFile) f = NULL;
+    int ret;
+
+    memcpy(bioc->data, buf, len);
+    bioc->usage = len;
+    f = qemu_file_new_input(QIO_CHANNEL(bioc));
+    ret = qemu_load_device_state(f);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "COLO: loading the device state failed");
+        return false;
+    }
+    return true;
+}
+
+static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
+                                      Error **errp)
+{
+    const uint8_t *body = c->msg->data;
+    uint64_t len = c->msg->len, ram_len;
+    ColoRamStats ram_stats;
+    int64_t t_start;
+    bool ok;
+
+    if (seq != c->loaded + 1) {
+        error_setg(errp, "COLO: checkpoint %" PRIu64 " arrived after %" PRIu64,
+                   seq, c->loaded);
+        return false;
+    }
+    if (len < 8 || (ram_len = ldq_be_p(body)) > len - 8) {
+        error_setg(errp, "COLO checkpoint %" PRIu64 " is malformed", seq);
+        return false;
+    }
+    if (!colo_ram_cache_check(body + 8, ram_len, errp)) {
+        return false;
+    }
+    if (!colo_msg_send_empty(c->to, COLO_MSG_RECEIVED, seq, errp)) {
+        return false;
+    }
+
+    t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    bql_lock();
+    /*
+     * Devices load their state into a freshly reset machine, as on any
+     * incoming migration: some set up memory mappings or timers on load
+     * that must not be set up twice.  Reset first, since it may rewrite
+     * ROM contents, then flush the RAM.
+     */
+    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
+    ok = colo_secondary_load_devices(body + 8 + ram_len, len - 8 - ram_len,
+                                     errp);
+    bql_unlock();
+    if (!ok) {
+        /* Flushed RAM without devices: this SVM cannot take over. */
+        error_prepend(errp, "the SVM is inconsistent and will not run: ");
+        c->unusable = true;
+        return false;
+    }
+    c->loaded = seq;
+    colo_stats_add(qemu_clock_get_us(QEMU_CLOCK_REALTIME) - t_start,
+                   len + COLO_MSG_HEADER_SIZE, ram_stats.pages, 0);
+    trace_colo_checkpoint_loaded(seq, len, ram_stats.pages);
+    return colo_msg_send_empty(c->to, COLO_MSG_LOADED, seq, errp);
+}
+
+static void *colo_secondary_thread(void *opaque)
+{
+    ColoSecondary *c = opaque;
+    g_autoptr(GByteArray) hello = g_byte_array_new();
+    struct iovec iov;
+    bool running = true;
+
+    colo_ram_layout_encode(hello);
+    iov.iov_base = hello->data;
+    iov.iov_len = hello->len;
+    if (!colo_msg_send(c->to, COLO_MSG_HELLO, 0, &iov, 1, &c->err)) {
+        running = false;
+    }
+
+    while (running) {
+        ColoMsgHeader hdr;
+
+        if (!colo_msg_recv(c->from, &hdr, c->msg, &c->err)) {
+            break;
+        }
+        switch (hdr.type) {
+        case COLO_MSG_CHECKPOINT:
+            running = colo_secondary_checkpoint(c, hdr.seq, &c->err);
+            break;
+        case COLO_MSG_SHUTDOWN:
+            c->shutdown = true;
+            running = false;
+            break;
+        case COLO_MSG_ERROR:
+            error_setg(&c->err, "COLO primary failed: %.*s",
+                       (int)c->msg->len, (const char *)c->msg->data);
+            running = false;
+            break;
+        default:
+            error_setg(&c->err, "COLO: unexpected %s message from the primary",
+                       colo_msg_name(hdr.type));
+            running = false;
+            break;
+        }
+    }
+    aio_co_schedule(qemu_get_aio_context(), c->co);
+    return NULL;
+}
+
+void colo_secondary_run(MigrationIncomingState *mis)
+{
+    ColoSecondary c = {
+        .mis = mis,
+        .from = mis->from_src_file,
+        .co = qemu_coroutine_self(),
+        .msg = g_byte_array_new(),
+    };
+
+    if (!mis->to_src_file) {
+        mis->to_src_file = qemu_file_get_return_path(c.from);
+    }
+    c.to = mis->to_src_file;
+    /* The loop blocks in its own thread, not in this coroutine. */
+    qemu_file_set_blocking(c.from, true);
+    qio_channel_set_delay(qemu_file_get_ioc(c.to), false);
+
+    runstate_set(RUN_STATE_COLO);
+    migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                      MIGRATION_STATUS_COLO);
+    colo_state_enter(COLO_MODE_SECONDARY, c.to, c.from);
+
+    qemu_thread_create(&c.thread, MIGRATION_THREAD_DST_COLO,
+                       colo_secondary_thread, &c, QEMU_THREAD_JOINABLE);
+    qemu_coroutine_yield();
+    qemu_thread_join(&c.thread);
+    g_byte_array_unref(c.msg);
+
+    if (c.shutdown || c.unusable) {
+        /*
+         * The pair's guest powered off, or this SVM is not a consistent
+         * checkpoint: it must not run.  The incoming migration stays
+         * parked here; a shut-down pair ends this QEMU too.
+         */
+        colo_state_exit(c.unusable ? COLO_EXIT_REASON_ERROR
+                                   : COLO_EXIT_REASON_REQUEST, c.err);
+        if (c.shutdown) {
+            qemu_system_shutdown_request(SHUTDOWN_CAUSE_GUEST_SHUTDOWN);
+        }
+        qemu_coroutine_yield();
+        return;
+    }
+    /*
+     * The replication stream is gone: take over from the last loaded
+     * checkpoint.  The incoming migration finishes as usual from here,
+     * which starts the SVM (or leaves it paused under -S).
+     */
+    colo_state_exit(c.err ? COLO_EXIT_REASON_ERROR : COLO_EXIT_REASON_REQUEST,
+                    c.err);
+    migrate_set_state(&mis->state, MIGRATION_STATUS_COLO,
+                      MIGRATION_STATUS_ACTIVE);
+}
