@@ -39,7 +39,7 @@ qemu: deps $(BUILD)/config.mak
 	@sh scripts/link-firmware.sh $(BUILD)
 
 guest: deps
-	@sh tests/guest/build-guest.sh $(GUEST)
+	@bash tests/guest/build-guest.sh $(GUEST)
 
 build: qemu guest
 

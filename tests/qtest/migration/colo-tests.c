@@ -1,0 +1,273 @@
+/*
+ * QTest testcases for COLO: checkpoints from a primary to a secondary.
+ *
+ * The framework's guest increments a byte in every page of 100 MB in a
+ * loop, so every checkpoint carries many dirty pages.  After each
+ * checkpoint taken with the primary stopped, the secondary's memory must
+ * equal the primary's byte for byte.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "libqtest.h"
+#include "qobject/qdict.h"
+#include "migration/framework.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+
+static char *tmpfs;
+
+/* Every wait below is bounded by this. */
+#define COLO_TEST_TIMEOUT_S 60
+
+static uint64_t colo_checkpoints(QTestState *who)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(who,
+                                   "{ 'execute': 'query-colo-status' }");
+    QDict *stats = qdict_get_qdict(rsp, "stats");
+    uint64_t n = qdict_get_int(stats, "checkpoints");
+
+    qobject_unref(rsp);
+    return n;
+}
+
+static char *colo_mode(QTestState *who)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(who,
+                                   "{ 'execute': 'query-colo-status' }");
+    char *mode = g_strdup(qdict_get_str(rsp, "mode"));
+
+    qobject_unref(rsp);
+    return mode;
+}
+
+/* Wait until @who has completed more than @n checkpoints. */
+static void colo_wait_checkpoints(QTestState *who, uint64_t n)
+{
+    gint64 deadline = g_get_monotonic_time() +
+                      COLO_TEST_TIMEOUT_S * G_USEC_PER_SEC;
+
+    while (colo_checkpoints(who) <= n) {
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(5 * 1000);
+    }
+}
+
+static void colo_wait_mode(QTestState *who, const char *mode)
+{
+    gint64 deadline = g_get_monotonic_time() +
+                      COLO_TEST_TIMEOUT_S * G_USEC_PER_SEC;
+
+    for (;;) {
+        g_autofree char *now = colo_mode(who);
+
+        if (g_str_equal(now, mode)) {
+            return;
+        }
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
+static void colo_save_memory(QTestState *who, const char *name)
+{
+    g_autofree char *path = g_strdup_printf("%s/%s", tmpfs, name);
+
+    qtest_qmp_assert_success(who, "{ 'execute': 'pmemsave', 'arguments':"
+                             " { 'val': 0, 'size': %" PRIu64 ","
+                             "   'filename': %s } }",
+                             (uint64_t)150 * 1024 * 1024, path);
+}
+
+static void colo_assert_memory_equal(void)
+{
+    g_autofree char *ppath = g_strdup_printf("%s/colo-pvm.mem", tmpfs);
+    g_autofree char *spath = g_strdup_printf("%s/colo-svm.mem", tmpfs);
+    g_autofree char *pmem = NULL, *smem = NULL;
+    gsize plen, slen, differ = 0;
+
+    g_assert(g_file_get_contents(ppath, &pmem, &plen, NULL));
+    g_assert(g_file_get_contents(spath, &smem, &slen, NULL));
+    g_assert_cmpuint(plen, ==, slen);
+    for (gsize i = 0; i < plen; i += 4096) {
+        gsize n = MIN(4096, plen - i);
+
+        if (memcmp(pmem + i, smem + i, n)) {
+            for (gsize j = 0; j < n; j++) {
+                if (pmem[i + j] != smem[i + j]) {
+                    g_test_message("page at 0x%zx differs first at +0x%zx:"
+                                   " %02x on the primary, %02x here", i, j,
+                                   (uint8_t)pmem[i + j], (uint8_t)smem[i + j]);
+                    break;
+                }
+            }
+            differ++;
+        }
+    }
+    g_assert_cmpuint(differ, ==, 0);
+    unlink(ppath);
+    unlink(spath);
+}
+
+/* Start a primary and a secondary and bring them into COLO. */
+static void colo_start(QTestState **from, QTestState **to, int delay_ms)
+{
+    MigrateStart args = { };
+
+    g_assert(!migrate_start(from, to, "tcp:127.0.0.1:0", &args));
+    migrate_set_capability(*from, "x-colo", true);
+    migrate_set_capability(*to, "x-colo", true);
+    migrate_set_parameter_int(*from, "x-checkpoint-delay", delay_ms);
+    migrate_ensure_converge(*from);
+
+    /* The guest is running and dirtying memory before COLO starts. */
+    wait_for_serial("src_serial");
+    migrate_qmp(*from, *to, NULL, NULL, "{}");
+    colo_wait_mode(*from, "primary");
+    colo_wait_mode(*to, "secondary");
+    wait_for_migration_status(*from, "colo", NULL);
+    wait_for_migration_status(*to, "colo", NULL);
+}
+
+/* The test's name ends in "delay-MS": the checkpoint period. */
+static void test_colo_memory_equal(void *name)
+{
+    const char *delay = strrchr(name, '-');
+    int delay_ms = atoi(delay + 1);
+    QTestState *from, *to;
+
+    g_assert(delay_ms > 0);
+    colo_start(&from, &to, delay_ms);
+    for (int round = 0; round < 3; round++) {
+        uint64_t n;
+
+        /* Periodic checkpoints happen while the guest runs... */
+        colo_wait_checkpoints(to, colo_checkpoints(to) + 1);
+
+        /*
+         * ...and one taken with the primary stopped fixes its memory.  A
+         * checkpoint may have been captured just before the stop; the
+         * one after it certainly was captured after.  No periodic one
+         * may start meanwhile: the secondary's monitor could read its
+         * devices half loaded (QEMU's core drops the BQL briefly while
+         * resetting them).
+         */
+        migrate_set_parameter_int(from, "x-checkpoint-delay", 3600 * 1000);
+        qtest_qmp_assert_success(from, "{ 'execute': 'stop' }");
+        n = colo_checkpoints(to);
+        for (int i = 1; i <= 2; i++) {
+            qtest_qmp_assert_success(from,
+                                     "{ 'execute': 'x-colo-checkpoint' }");
+            colo_wait_checkpoints(to, n + i - 1);
+        }
+        colo_save_memory(from, "colo-pvm.mem");
+        colo_save_memory(to, "colo-svm.mem");
+        colo_assert_memory_equal();
+        qtest_qmp_assert_success(from, "{ 'execute': 'cont' }");
+        migrate_set_parameter_int(from, "x-checkpoint-delay", delay_ms);
+    }
+    g_assert_cmpuint(colo_checkpoints(from), >=, 6);
+    migrate_end(from, to, false);
+}
+
+static void test_colo_incompatible_caps(void)
+{
+    QTestState *from, *to;
+    MigrateStart args = { .hide_stderr = true };
+
+    g_assert(!migrate_start(&from, &to, "tcp:127.0.0.1:0", &args));
+    migrate_set_capability(from, "x-colo", true);
+    qtest_qmp_assert_failure_ref(from,
+        "{ 'execute': 'migrate-set-capabilities', 'arguments':"
+        " { 'capabilities': [ { 'capability': 'postcopy-ram',"
+        "                       'state': true } ] } }");
+    qtest_qmp_assert_failure_ref(from,
+        "{ 'execute': 'x-colo-checkpoint' }");
+    qtest_qmp_assert_failure_ref(from,
+        "{ 'execute': 'migrate-set-parameters', 'arguments':"
+        " { 'checkpoint-delay': 100, 'x-checkpoint-delay': 200 } }");
+    migrate_end(from, to, false);
+}
+
+static int64_t colo_checkpoint_delay(QTestState *who)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(who,
+                                   "{ 'execute': 'query-migrate-parameters' }");
+    int64_t delay = qdict_get_int(rsp, "x-checkpoint-delay");
+
+    qobject_unref(rsp);
+    return delay;
+}
+
+static void test_colo_delay_alias(void)
+{
+    QTestState *from, *to;
+    MigrateStart args = { };
+
+    g_assert(!migrate_start(&from, &to, "tcp:127.0.0.1:0", &args));
+    qtest_qmp_assert_success(from, "{ 'execute': 'migrate-set-parameters',"
+                             " 'arguments': { 'checkpoint-delay': 1234 } }");
+    g_assert_cmpint(colo_checkpoint_delay(from), ==, 1234);
+    g_free(qtest_hmp(from, "migrate_set_parameter checkpoint-delay 4321"));
+    g_assert_cmpint(colo_checkpoint_delay(from), ==, 4321);
+    migrate_end(from, to, false);
+}
+
+/*
+ * x-colo on the destination only: it must not start a second copy of
+ * the guest, so its incoming migration fails and it exits.
+ */
+static void test_colo_secondary_only(void)
+{
+    QTestState *from, *to;
+    MigrateStart args = { .hide_stderr = true };
+
+    g_assert(!migrate_start(&from, &to, "tcp:127.0.0.1:0", &args));
+    migrate_set_capability(to, "x-colo", true);
+    migrate_ensure_converge(from);
+    qtest_set_expected_status(to, EXIT_FAILURE);
+    wait_for_serial("src_serial");
+    migrate_qmp(from, to, NULL, NULL, "{}");
+    qtest_wait_qemu(to);
+    migrate_end(from, to, false);
+}
+
+/* x-colo on the source only: the destination refuses and exits. */
+static void test_colo_primary_only(void)
+{
+    QTestState *from, *to;
+    MigrateStart args = { .hide_stderr = true };
+
+    g_assert(!migrate_start(&from, &to, "tcp:127.0.0.1:0", &args));
+    migrate_set_capability(from, "x-colo", true);
+    qtest_set_expected_status(to, EXIT_FAILURE);
+    wait_for_serial("src_serial");
+    migrate_qmp(from, to, NULL, NULL, "{}");
+    wait_for_migration_fail(from, true);
+    qtest_wait_qemu(to);
+    /* The source's guest keeps running. */
+    wait_for_serial("src_serial");
+    migrate_end(from, to, false);
+}
+
+void migration_test_add_colo(MigrationTestEnv *env)
+{
+    tmpfs = env->tmpfs;
+
+    if (!env->is_x86) {
+        return;
+    }
+    migration_test_add_suffix("/migration/colo/memory-equal/", "delay-50",
+                              test_colo_memory_equal);
+    migration_test_add_suffix("/migration/colo/memory-equal/", "delay-500",
+                              test_colo_memory_equal);
+    migration_test_add("/migration/colo/incompatible-caps",
+                       test_colo_incompatible_caps);
+    migration_test_add("/migration/colo/checkpoint-delay-alias",
+                       test_colo_delay_alias);
+    migration_test_add("/migration/colo/secondary-only",
+                       test_colo_secondary_only);
+    migration_test_add("/migration/colo/primary-only",
+                       test_colo_primary_only);
+}
