@@ -38,6 +38,8 @@ typedef struct ColoState {
     bool exit_requested;
     bool guest_shutdown;
     QemuSemaphore kick;
+    /* Posted by the primary's loop when it has left COLO. */
+    QemuSemaphore primary_exited;
 } ColoState;
 
 extern ColoState colo_state;

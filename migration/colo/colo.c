@@ -39,6 +39,7 @@ static void colo_init(void)
 {
     qemu_mutex_init(&colo_state.lock);
     qemu_sem_init(&colo_state.kick, 0);
+    qemu_sem_init(&colo_state.primary_exited, 0);
     qemu_register_shutdown_notifier(&colo_shutdown_notifier);
 }
 migration_init(colo_init);
@@ -96,6 +97,9 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     colo_state.checkpoint_requested = false;
     colo_state.exit_requested = false;
     colo_state.guest_shutdown = false;
+    while (!qemu_sem_timedwait(&colo_state.primary_exited, 0)) {
+        /* drain a post left by an earlier COLO run */
+    }
     qemu_mutex_unlock(&colo_state.lock);
     trace_colo_enter(COLOMode_str(mode));
 }
@@ -203,18 +207,25 @@ static void colo_shutdown_notify(Notifier *n, void *data)
 
 /*
  * QEMU is exiting.  The primary's loop runs in the migration thread,
- * which migration_shutdown() cancels next; ask it to leave COLO first
- * (after telling the secondary, if the guest shut down).
+ * which migration_shutdown() cancels next: let it leave COLO first, and
+ * tell the secondary if the guest shut down.  The wait is bounded, and
+ * drops the BQL, which a checkpoint in progress needs to finish.
  */
+#define COLO_SHUTDOWN_WAIT_MS 5000
+
 void colo_shutdown(void)
 {
-    if (get_colo_mode() == COLO_MODE_NONE) {
+    if (get_colo_mode() != COLO_MODE_PRIMARY) {
         return;
     }
     qemu_mutex_lock(&colo_state.lock);
     colo_state.exit_requested = true;
     qemu_mutex_unlock(&colo_state.lock);
     qemu_sem_post(&colo_state.kick);
+
+    bql_unlock();
+    qemu_sem_timedwait(&colo_state.primary_exited, COLO_SHUTDOWN_WAIT_MS);
+    bql_lock();
 }
 
 void migrate_start_colo_process(MigrationState *s)

@@ -208,4 +208,5 @@ void colo_primary_run(MigrationState *s)
     }
     g_byte_array_unref(p.ram);
     g_byte_array_unref(p.reply);
+    qemu_sem_post(&colo_state.primary_exited);
 }

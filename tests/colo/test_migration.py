@@ -38,11 +38,10 @@ import time
 
 import pytest
 
-from colo_env import PYTHON
+from colo_pair import query_guest
 from counter_client import CounterLog
 from vm import GUEST_MAC
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 READY_RE = r"COLO-GUEST READY ip=\S+ port=\d+"
 BOOT_TIMEOUT = float(os.environ.get("COLO_BOOT_TIMEOUT", "180"))
@@ -61,12 +60,6 @@ MIGRATION_PARAMS = {
     "max-bandwidth": 256 << 20,     # bytes/s
     "downtime-limit": 300,          # ms
 }
-
-
-def query_guest(bed, cmd):
-    r = bed.run([PYTHON, os.path.join(HERE, "counter_client.py"),
-                 "--query", cmd], timeout=60)
-    return r.stdout.strip()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

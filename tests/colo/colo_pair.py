@@ -1,0 +1,132 @@
+"""Bring a primary and a secondary of the test guest into COLO in a NetBed.
+
+    primary (tap-p) --migrate, x-colo--> secondary (tap-s, -incoming)
+
+With via_proxy=True the replication stream passes through stream_proxy.py,
+which can cut or corrupt it on command.
+"""
+
+import os
+import socket
+import time
+
+from colo_env import PYTHON
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+READY_RE = r"COLO-GUEST READY ip=\S+ port=\d+"
+BOOT_TIMEOUT = float(os.environ.get("COLO_BOOT_TIMEOUT", "180"))
+COLO_TIMEOUT = float(os.environ.get("COLO_MIGRATION_TIMEOUT", "300"))
+X_COLO = {"capabilities": [{"capability": "x-colo", "state": True}]}
+
+
+def query_guest(bed, cmd):
+    """One request to the guest's service, answered by whoever serves it."""
+    r = bed.run([PYTHON, os.path.join(HERE, "counter_client.py"),
+                 "--query", cmd], timeout=60)
+    return r.stdout.strip()
+
+
+def colo_status(vm):
+    return vm.qmp("query-colo-status")
+
+
+def checkpoints(vm):
+    return colo_status(vm)["stats"]["checkpoints"]
+
+
+def wait_until(cond, timeout, what, poll=0.05):
+    """Poll COND until true, at most TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s"
+                                 % (timeout, what))
+        time.sleep(poll)
+
+
+def wait_checkpoints(vm, n, timeout=60):
+    """Wait until VM has completed more than N checkpoints."""
+    return wait_until(lambda: checkpoints(vm) > n, timeout,
+                      "%s to pass %d checkpoints" % (vm.name, n))
+
+
+class StreamProxy:
+    """stream_proxy.py running in the bed; see its docstring."""
+
+    def __init__(self, bed, workdir, target_port):
+        self.port = bed.free_port()
+        self.control = os.path.join(workdir, "proxy.sock")
+        self.log = open(os.path.join(workdir, "proxy.log"), "w")
+        self.proc = bed.popen([PYTHON, os.path.join(HERE, "stream_proxy.py"),
+                               str(self.port), str(target_port),
+                               self.control], stdout=self.log,
+                              stderr=self.log)
+        wait_until(lambda: os.path.exists(self.control), 30, "the proxy")
+
+    def command(self, line):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(self.control)
+            s.sendall(line.encode() + b"\n")
+            return s.recv(64).decode().strip()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
+               secondary_args=(), via_proxy=False):
+    """Boot the primary, start the secondary and enter COLO.  Returns
+    (primary, secondary, proxy or None)."""
+    pvm = vm_factory("primary", tap="tap-p", append=append)
+    pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
+    port = bed.free_port()
+    svm = vm_factory("secondary", tap="tap-s", append=append,
+                     incoming="tcp:127.0.0.1:%d" % port,
+                     extra_args=list(secondary_args))
+    proxy = StreamProxy(bed, workdir, port) if via_proxy else None
+    for vm in (pvm, svm):
+        vm.qmp("migrate-set-capabilities", X_COLO)
+    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay_ms,
+                                       "max-bandwidth": 256 << 20})
+    pvm.qmp("migrate", uri="tcp:127.0.0.1:%d"
+            % (proxy.port if proxy else port))
+    wait_until(lambda: colo_status(pvm)["mode"] == "primary", COLO_TIMEOUT,
+               "the primary to enter COLO")
+    wait_until(lambda: colo_status(svm)["mode"] == "secondary", 60,
+               "the secondary to enter COLO")
+    assert pvm.qmp("query-migrate")["status"] == "colo"
+    assert svm.qmp("query-migrate")["status"] == "colo"
+    return pvm, svm, proxy
+
+
+def save_memory(vm, path, size_mb=256):
+    vm.qmp("pmemsave", val=0, size=size_mb << 20, filename=path)
+    return path
+
+
+def differing_pages(path_a, path_b):
+    with open(path_a, "rb") as fa, open(path_b, "rb") as fb:
+        a, b = fa.read(), fb.read()
+    assert len(a) == len(b)
+    return [hex(i) for i in range(0, len(a), 4096)
+            if a[i:i + 4096] != b[i:i + 4096]]
+
+
+def checkpoint_stopped(pvm, svm):
+    """Take checkpoints with the primary stopped, so that both sides stand
+    at the same state: the second one was certainly captured after the
+    stop.  Periodic checkpoints are held off meanwhile."""
+    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+    pvm.qmp("stop")
+    n = checkpoints(svm)
+    for i in (1, 2):
+        pvm.qmp("x-colo-checkpoint")
+        wait_checkpoints(svm, n + i - 1)
+    return checkpoints(svm)

@@ -1,0 +1,147 @@
+"""End-to-end: the COLO frame with the test guest.
+
+  soak         the pair stays in COLO for 60 s with the memory dirtier and the
+               counter client running; the checkpoint rate follows
+               x-checkpoint-delay, also when it changes at run time; after a
+               checkpoint taken with the primary stopped, both memories are
+               equal.
+  broken       the replication stream is cut, corrupted or fed garbage in
+               the middle of a checkpoint (by stream_proxy.py): the secondary
+               reports the error and its VM is exactly the previous
+               checkpoint's; the primary carries on alone.
+  shutdown     a guest that powers off in COLO takes both QEMUs down cleanly.
+
+Results (checkpoint statistics) go to colo-*.json in the results dir.
+"""
+
+import json
+import os
+import time
+
+import pytest
+
+from colo_pair import (checkpoint_stopped, checkpoints, colo_status,
+                       differing_pages, query_guest, save_memory, start_pair,
+                       wait_until)
+from counter_client import CounterLog
+
+SOAK_WINDOW_S = 30      # per delay: 2 x 30 s in COLO
+
+
+def assert_client_ok(log):
+    assert log.errors() == [], "client errors: %s" % log.errors()
+    assert log.reconnects() == []
+    assert log.never_backwards(), log.first_violation(strict=False)
+    assert log.strictly_increasing(), log.first_violation(strict=True)
+    assert log.skips() == [], log.skips()[:10]
+
+
+def count_over(pvm, seconds):
+    """Checkpoints the primary completes in SECONDS (a bounded wait)."""
+    n0 = checkpoints(pvm)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    return (checkpoints(pvm) - n0) / (time.monotonic() - t0)
+
+
+def test_soak(bed, vm_factory, workdir, counter, results_dir):
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir,
+                             append="colo.dirty_mbps=5 colo.dirty_mb=64",
+                             delay_ms=200)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(20, 60)
+
+    rate_200 = count_over(pvm, SOAK_WINDOW_S)
+    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 1000})
+    # The new period applies from the next checkpoint on.
+    time.sleep(1.5)
+    rate_1000 = count_over(pvm, SOAK_WINDOW_S)
+    stats = colo_status(pvm)["stats"]
+    sstats = colo_status(svm)["stats"]
+
+    client.stop()
+    log = CounterLog(client.out)
+    gap = log.longest_gap()[0]
+
+    checkpoint_stopped(pvm, svm)
+    diff = differing_pages(save_memory(pvm, os.path.join(workdir, "p.mem")),
+                           save_memory(svm, os.path.join(workdir, "s.mem")))
+    result = {"rate_delay_200_per_s": rate_200,
+              "rate_delay_1000_per_s": rate_1000,
+              "primary": stats, "secondary": sstats,
+              "client_replies": log.count, "client_longest_gap_s": gap}
+    with open(os.path.join(results_dir, "colo-soak.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print("\ncolo soak: %s" % result)
+
+    assert colo_status(pvm)["mode"] == "primary"
+    assert colo_status(svm)["mode"] == "secondary"
+    # A period of 200 ms allows at most 5 checkpoints a second, 1000 ms one;
+    # each takes some time on top, so expect no less than half of that.
+    assert 2.5 <= rate_200 <= 5.5, rate_200
+    assert 0.5 <= rate_1000 <= 1.1, rate_1000
+    assert stats["checkpoints"] == sstats["checkpoints"]
+    assert stats["pages-total"] > 0 and stats["bytes-total"] > 0
+    assert_client_ok(log)
+    assert diff == [], "pages differ after a checkpoint: %s" % diff[:20]
+
+
+FAULTS = {
+    "cut": "cut 20000",         # the connection closes mid-checkpoint
+    "flip": "flip 20000",       # one byte of the checkpoint is corrupted
+    "inject": "inject 64",      # garbage before the next message
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_broken_stream(fault, bed, vm_factory, workdir, counter):
+    # -S: after the stream breaks, the secondary takes over but stays
+    # paused, so that its memory can be compared with the checkpoint's.
+    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                                 secondary_args=["-S"], via_proxy=True)
+    try:
+        wait_until(lambda: checkpoints(svm) >= 3, 60, "3 checkpoints")
+        n = checkpoint_stopped(pvm, svm)
+        reference = save_memory(pvm, os.path.join(workdir, "p.mem"))
+
+        # The guest runs on, then the next checkpoint is broken.
+        pvm.qmp("cont")
+        client = counter(interval=0.02, timeout=30, duration=600)
+        client.wait_replies(25, 60)
+        assert proxy.command(FAULTS[fault]) == "ok"
+        pvm.qmp("x-colo-checkpoint")
+
+        ev = svm.wait_event("COLO_EXIT", 60)
+        assert ev["data"] == {"mode": "secondary", "reason": "error"}
+        status = colo_status(svm)
+        assert status["mode"] == "none" and status["reason"] == "error"
+        assert status["stats"]["checkpoints"] == n
+        wait_until(lambda: svm.qmp("query-status")["status"] == "paused", 30,
+                   "the secondary to finish taking over (paused, -S)")
+        diff = differing_pages(reference,
+                               save_memory(svm, os.path.join(workdir,
+                                                             "s.mem")))
+        assert diff == [], "the SVM is not the last checkpoint's: %s" % diff[:20]
+
+        # The primary left COLO and serves on alone, and its memory has
+        # moved on since the reference (so the broken checkpoint carried
+        # changes, which the secondary did not apply).
+        pvm.wait_event("COLO_EXIT", 60)
+        assert differing_pages(reference, save_memory(
+            pvm, os.path.join(workdir, "p-now.mem"))) != []
+        assert colo_status(pvm)["mode"] == "none"
+        assert pvm.qmp("query-status")["status"] == "running"
+        client.wait_replies(25, 60, after=time.monotonic())
+        client.stop()
+        assert_client_ok(CounterLog(client.out))
+    finally:
+        proxy.close()
+
+
+def test_guest_shutdown(bed, vm_factory, workdir):
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    wait_until(lambda: checkpoints(svm) >= 2, 60, "2 checkpoints")
+    assert query_guest(bed, "poweroff").startswith("ok")
+    for vm in (pvm, svm):
+        wait_until(lambda: not vm.is_running(), 60, "%s to exit" % vm.name)
+        assert vm.proc.returncode == 0, (vm.name, vm.log_tail())
