@@ -49,7 +49,7 @@ demo: build
 check: build
 	@bash scripts/run-checks.sh all
 
-check-unit: deps
+check-unit: qemu
 	@bash scripts/run-checks.sh unit
 
 check-qtest: qemu

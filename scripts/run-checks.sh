@@ -20,16 +20,30 @@ pass() { passed=$((passed + 1)); echo "PASS: $1"; }
 fail() { failed=$((failed + 1)); failures+=("$1"); echo "FAIL: $1"; }
 
 # Each test file names the sources it links in a line
-# "unit-test-sources: FILE..." (paths relative to the repo).
+# "unit-test-sources: FILE..." (paths relative to the repo, @BUILD@ for the
+# build folder).  A test of a module that uses QEMU's headers and utility
+# library says "unit-test-qemu: yes" and is built against the build's
+# configuration and libqemuutil.a.
 run_unit() {
-    local t name srcs out
+    local t name srcs out flags
+    local qemu_flags="-std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64
+        -I$build/qemu -I$build/src/include -I$build/src
+        -I$build/src/host/include/x86_64 -I$build/src/host/include/generic
+        -isystem $build/src/linux-headers $(pkg-config --cflags glib-2.0)"
+    local qemu_libs="-Wl,--start-group $build/qemu/libqemuutil.a
+        $build/qemu/libqom.a.p/*.o -Wl,--end-group $(pkg-config --libs glib-2.0)
+        -lz -lm -pthread"
     mkdir -p "$build/unit"
     for t in "$top"/tests/unit/test-*.c; do
         [ -e "$t" ] || continue
         name=$(basename "$t" .c)
-        srcs=$(sed -n 's/.*unit-test-sources:\(.*\)/\1/p' "$t" | sed 's/\*\///')
-        if ! (cd "$top" && cc -O1 -g -Wall -Wextra -Werror -I tests \
-                -o "$build/unit/$name" "$t" $srcs \
+        srcs=$(sed -n 's/.*unit-test-sources:\(.*\)/\1/p' "$t" | sed "s|@BUILD@|$build|g")
+        flags="-Wextra -I tests"
+        if grep -q 'unit-test-qemu: yes' "$t"; then
+            flags="$qemu_flags $qemu_libs"
+        fi
+        if ! (cd "$top" && cc -O1 -g -Wall -Werror -o "$build/unit/$name" \
+                "$t" $srcs $flags \
                 $(pkg-config --cflags --libs check)) > "$results/$name.build.log" 2>&1; then
             cat "$results/$name.build.log"
             fail "unit/$name (build)"
