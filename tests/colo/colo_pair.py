@@ -81,10 +81,11 @@ class StreamProxy:
 
 
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
-               secondary_args=(), via_proxy=False):
+               primary_args=(), secondary_args=(), via_proxy=False):
     """Boot the primary, start the secondary and enter COLO.  Returns
     (primary, secondary, proxy or None)."""
-    pvm = vm_factory("primary", tap="tap-p", append=append)
+    pvm = vm_factory("primary", tap="tap-p", append=append,
+                     extra_args=list(primary_args))
     pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
     port = bed.free_port()
     svm = vm_factory("secondary", tap="tap-s", append=append,
