@@ -53,6 +53,20 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from);
  */
 void colo_state_exit(COLOExitReason reason, Error *err);
 
+/*
+ * Make the running side leave its loop at once: shut the replication
+ * channel down (a blocked read or write returns) and wake its wait.
+ */
+void colo_state_interrupt(void);
+
+/*
+ * A side's loop has ended, with *@errp set if its channel failed.  Start
+ * the failover (failover.c) and return why COLO ends: a request (the
+ * channel error it caused is dropped) or the error.
+ */
+COLOExitReason colo_failover_begin(Error **errp);
+void colo_failover_end(void);
+
 /* Add one checkpoint to the statistics. */
 void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
                     uint64_t received_us);

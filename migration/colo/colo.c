@@ -23,6 +23,7 @@
 #include "monitor/monitor.h"
 #include "system/runstate.h"
 #include "migration/colo.h"
+#include "migration/failover.h"
 #include "migration/misc.h"
 #include "migration/migration.h"
 #include "migration/options.h"
@@ -97,6 +98,7 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     colo_state.checkpoint_requested = false;
     colo_state.exit_requested = false;
     colo_state.guest_shutdown = false;
+    failover_init_state();
     while (!qemu_sem_timedwait(&colo_state.primary_exited, 0)) {
         /* drain a post left by an earlier COLO run */
     }
@@ -127,6 +129,20 @@ void colo_state_exit(COLOExitReason reason, Error *err)
         error_report_err(err);
     }
     qapi_event_send_colo_exit(mode, reason);
+}
+
+void colo_state_interrupt(void)
+{
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.exit_requested = true;
+    if (colo_state.to_peer) {
+        qemu_file_shutdown(colo_state.to_peer);
+    }
+    if (colo_state.from_peer) {
+        qemu_file_shutdown(colo_state.from_peer);
+    }
+    qemu_mutex_unlock(&colo_state.lock);
+    qemu_sem_post(&colo_state.kick);
 }
 
 void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
@@ -251,11 +267,6 @@ void qmp_x_colo_checkpoint(Error **errp)
     colo_state.checkpoint_requested = true;
     qemu_mutex_unlock(&colo_state.lock);
     qemu_sem_post(&colo_state.kick);
-}
-
-void qmp_x_colo_lost_heartbeat(Error **errp)
-{
-    error_setg(errp, "VM is not in COLO mode");
 }
 
 COLOStatus *qmp_query_colo_status(Error **errp)

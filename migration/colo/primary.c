@@ -26,6 +26,7 @@
 #include "migration/options.h"
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
+#include "net/colo-output.h"
 #include "colo-internal.h"
 #include "protocol.h"
 #include "ram.h"
@@ -85,6 +86,8 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     trace_colo_checkpoint_stop(seq);
     ok = colo_ram_capture(p->ram, &ram_stats, errp) &&
          (devices = colo_primary_save_devices(bioc, errp));
+    /* Output so far is this checkpoint's; from now on, the next one's. */
+    colo_output_seal();
     /*
      * The next checkpoint captures whatever the VM does from here on;
      * whatever it emits meanwhile is held until this one is safe.
@@ -112,6 +115,9 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
         return false;
     }
     t_received = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    bql_lock();
+    colo_output_release();
+    bql_unlock();
     if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, p->reply, errp)) {
         return false;
     }
@@ -145,6 +151,8 @@ static bool colo_primary_wait(int64_t last_start_ms)
 
 static bool colo_primary_start(ColoPrimary *p, Error **errp)
 {
+    bool ok;
+
     p->to = p->s->to_dst_file;
     p->from = p->s->rp_state.from_dst_file;
     if (!p->from) {
@@ -163,11 +171,14 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
         !colo_ram_layout_check(p->reply->data, p->reply->len, errp)) {
         return false;
     }
-    /* The pair is in lock-step from here: the VM may run. */
+    /* The pair is in lock-step from here: the VM may run, held. */
     bql_lock();
-    vm_start();
+    ok = colo_output_start(errp);
+    if (ok) {
+        vm_start();
+    }
     bql_unlock();
-    return true;
+    return ok;
 }
 
 void colo_primary_run(MigrationState *s)
@@ -178,7 +189,7 @@ void colo_primary_run(MigrationState *s)
         .reply = g_byte_array_new(),
     };
     Error *err = NULL;
-    bool failed;
+    COLOExitReason reason;
 
     if (colo_primary_start(&p, &err)) {
         int64_t start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
@@ -190,19 +201,23 @@ void colo_primary_run(MigrationState *s)
             }
         }
     }
-    failed = err != NULL;
-    if (!failed && colo_guest_shutdown_is_requested()) {
+    reason = colo_failover_begin(&err);
+    if (!err && colo_guest_shutdown_is_requested()) {
         /* Best effort: the secondary fails over by itself otherwise. */
         colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
     }
-    if (failed) {
+    if (err) {
         migrate_set_error(s, err);
     }
-    colo_state_exit(failed ? COLO_EXIT_REASON_ERROR : COLO_EXIT_REASON_REQUEST,
-                    err);
+    /* Alone from here: what was held goes out, nothing more is held. */
+    bql_lock();
+    colo_output_stop();
+    bql_unlock();
+    colo_state_exit(reason, err);
+    colo_failover_end();
     migrate_set_state(&s->state, MIGRATION_STATUS_COLO,
-                      failed ? MIGRATION_STATUS_FAILED
-                             : MIGRATION_STATUS_COMPLETED);
+                      reason == COLO_EXIT_REASON_ERROR
+                      ? MIGRATION_STATUS_FAILED : MIGRATION_STATUS_COMPLETED);
     if (p.own_from) {
         qemu_fclose(p.from);
     }

@@ -201,12 +201,12 @@ void colo_secondary_run(MigrationIncomingState *mis)
         return;
     }
     /*
-     * The replication stream is gone: take over from the last loaded
-     * checkpoint.  The incoming migration finishes as usual from here,
+     * Failover, asked for or because the replication stream is gone: take
+     * over from the last loaded checkpoint.  The incoming migration finishes as usual from here,
      * which starts the SVM (or leaves it paused under -S).
      */
-    colo_state_exit(c.err ? COLO_EXIT_REASON_ERROR : COLO_EXIT_REASON_REQUEST,
-                    c.err);
+    colo_state_exit(colo_failover_begin(&c.err), c.err);
     migrate_set_state(&mis->state, MIGRATION_STATUS_COLO,
                       MIGRATION_STATUS_ACTIVE);
+    colo_failover_end();
 }

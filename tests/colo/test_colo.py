@@ -100,14 +100,15 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
     pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
                                  secondary_args=["-S"], via_proxy=True)
     try:
-        wait_until(lambda: checkpoints(svm) >= 3, 60, "3 checkpoints")
+        client = counter(interval=0.02, timeout=30, duration=600)
+        client.wait_replies(25, 60)
         n = checkpoint_stopped(pvm, svm)
         reference = save_memory(pvm, os.path.join(workdir, "p.mem"))
 
-        # The guest runs on, then the next checkpoint is broken.
+        # The guest runs on (the client's requests change its memory),
+        # then the next checkpoint is broken.
         pvm.qmp("cont")
-        client = counter(interval=0.02, timeout=30, duration=600)
-        client.wait_replies(25, 60)
+        time.sleep(0.5)
         assert proxy.command(FAULTS[fault]) == "ok"
         pvm.qmp("x-colo-checkpoint")
 
@@ -127,11 +128,11 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
         # moved on since the reference (so the broken checkpoint carried
         # changes, which the secondary did not apply).
         pvm.wait_event("COLO_EXIT", 60)
-        assert differing_pages(reference, save_memory(
-            pvm, os.path.join(workdir, "p-now.mem"))) != []
         assert colo_status(pvm)["mode"] == "none"
         assert pvm.qmp("query-status")["status"] == "running"
         client.wait_replies(25, 60, after=time.monotonic())
+        assert differing_pages(reference, save_memory(
+            pvm, os.path.join(workdir, "p-now.mem"))) != []
         client.stop()
         assert_client_ok(CounterLog(client.out))
     finally:

@@ -1,0 +1,29 @@
+/*
+ * COLO output commit: the primary's network output is held until the
+ * checkpoint that covers it is safe on the secondary.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef NET_COLO_OUTPUT_H
+#define NET_COLO_OUTPUT_H
+
+/*
+ * Hold the output of every netdev from now on (attaches a
+ * colo-output-commit filter to each).  Called with the BQL held.
+ */
+bool colo_output_start(Error **errp);
+
+/*
+ * At the stop of a checkpoint (BQL held, VM stopped): what was held so far
+ * is covered by this checkpoint; output from now on by the next one.
+ */
+void colo_output_seal(void);
+
+/* The sealed output's checkpoint is safe: let it go (BQL held). */
+void colo_output_release(void);
+
+/* Leaving COLO: let everything go and stop holding (BQL held). */
+void colo_output_stop(void);
+
+#endif

@@ -1,0 +1,183 @@
+/*
+ * COLO output commit.
+ *
+ * Nothing the primary's guest emits may reach the network before the
+ * checkpoint that covers it has reached the secondary: if the primary died
+ * and the secondary took over from an earlier checkpoint, a client would
+ * have seen output that the new primary cannot stand behind.
+ *
+ * A colo-output-commit filter sits on the receive queue of each netdev
+ * (where the guest's packets arrive on their way out) and holds them in
+ * two queues.  The primary resumes the VM right after a checkpoint's
+ * capture, before the secondary has it, so output of two epochs coexists:
+ *
+ *   pending  emitted since the last checkpoint's stop (next checkpoint's)
+ *   sealed   emitted before it (this checkpoint's), released as soon as
+ *            the secondary acknowledges that it holds the checkpoint
+ *
+ * The filters are created when COLO starts and removed when it ends;
+ * nothing is configured by the user.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-types-net.h"
+#include "qemu/iov.h"
+#include "qom/object.h"
+#include "qom/object_interfaces.h"
+#include "net/filter.h"
+#include "net/net.h"
+#include "net/queue.h"
+#include "net/colo-output.h"
+#include "trace.h"
+
+#define TYPE_FILTER_COLO_OUTPUT "colo-output-commit"
+OBJECT_DECLARE_SIMPLE_TYPE(ColoOutputState, FILTER_COLO_OUTPUT)
+
+struct ColoOutputState {
+    NetFilterState parent_obj;
+
+    NetQueue *pending;
+    NetQueue *sealed;
+};
+
+/* The filters this module attached, to seal, release and remove. */
+static GPtrArray *colo_output_filters;
+
+static ssize_t colo_output_receive_iov(NetFilterState *nf,
+                                       NetClientState *sender,
+                                       unsigned flags,
+                                       const struct iovec *iov, int iovcnt,
+                                       NetPacketSent *sent_cb)
+{
+    ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+
+    /* Taken: the sender counts the packet as sent. */
+    qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
+    return iov_size(iov, iovcnt);
+}
+
+static void colo_output_flush(NetFilterState *nf, NetQueue *q)
+{
+    if (!qemu_net_queue_flush(q)) {
+        /* The peer cannot take more now: drop, as a full link would. */
+        qemu_net_queue_purge(q, nf->netdev);
+    }
+}
+
+static void colo_output_setup(NetFilterState *nf, Error **errp)
+{
+    ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+
+    s->pending = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
+    s->sealed = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
+}
+
+static void colo_output_cleanup(NetFilterState *nf)
+{
+    ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+
+    if (s->sealed) {
+        colo_output_flush(nf, s->sealed);
+        qemu_del_net_queue(s->sealed);
+    }
+    if (s->pending) {
+        colo_output_flush(nf, s->pending);
+        qemu_del_net_queue(s->pending);
+    }
+}
+
+static void colo_output_class_init(ObjectClass *oc, void *data)
+{
+    NetFilterClass *nfc = NETFILTER_CLASS(oc);
+
+    nfc->setup = colo_output_setup;
+    nfc->cleanup = colo_output_cleanup;
+    nfc->receive_iov = colo_output_receive_iov;
+}
+
+static const TypeInfo colo_output_info = {
+    .name = TYPE_FILTER_COLO_OUTPUT,
+    .parent = TYPE_NETFILTER,
+    .class_init = colo_output_class_init,
+    .instance_size = sizeof(ColoOutputState),
+};
+
+static void colo_output_register_types(void)
+{
+    type_register_static(&colo_output_info);
+}
+
+type_init(colo_output_register_types);
+
+bool colo_output_start(Error **errp)
+{
+    NetClientState *ncs[MAX_QUEUE_NUM];
+    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
+                                         MAX_QUEUE_NUM);
+
+    assert(!colo_output_filters);
+    colo_output_filters = g_ptr_array_new();
+    for (int i = 0; i < n; i++) {
+        g_autofree char *id = NULL;
+        Object *f;
+
+        /* Only netdevs that carry a guest NIC's output. */
+        if (!ncs[i]->peer || ncs[i]->queue_index) {
+            continue;
+        }
+        id = g_strdup_printf("colo-output-%s", ncs[i]->name);
+        f = object_new_with_props(TYPE_FILTER_COLO_OUTPUT,
+                                  object_get_objects_root(), id, errp,
+                                  "netdev", ncs[i]->name,
+                                  "queue", "rx", NULL);
+        if (!f) {
+            colo_output_stop();
+            return false;
+        }
+        g_ptr_array_add(colo_output_filters, f);
+        trace_colo_output_attach(ncs[i]->name);
+    }
+    return true;
+}
+
+void colo_output_seal(void)
+{
+    for (guint i = 0; colo_output_filters && i < colo_output_filters->len;
+         i++) {
+        NetFilterState *nf = g_ptr_array_index(colo_output_filters, i);
+        ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+        NetQueue *q = s->sealed;
+
+        /* Released at the previous acknowledgement, unless it failed. */
+        colo_output_flush(nf, q);
+        s->sealed = s->pending;
+        s->pending = q;
+    }
+}
+
+void colo_output_release(void)
+{
+    for (guint i = 0; colo_output_filters && i < colo_output_filters->len;
+         i++) {
+        NetFilterState *nf = g_ptr_array_index(colo_output_filters, i);
+
+        colo_output_flush(nf, FILTER_COLO_OUTPUT(nf)->sealed);
+    }
+}
+
+void colo_output_stop(void)
+{
+    if (!colo_output_filters) {
+        return;
+    }
+    /* Unparenting runs each filter's cleanup, which lets everything go. */
+    for (guint i = 0; i < colo_output_filters->len; i++) {
+        object_unparent(g_ptr_array_index(colo_output_filters, i));
+    }
+    g_ptr_array_free(colo_output_filters, true);
+    colo_output_filters = NULL;
+    trace_colo_output_stop();
+}
