@@ -18,7 +18,8 @@ QEMU_BUILD := $(BUILD)/qemu
 GUEST := $(BUILD)/guest
 
 .PHONY: all deps build qemu firmware guest demo check check-unit \
-        check-qtest check-colo check-base-colo-absent clean distclean help
+        check-qtest check-colo check-slow check-base-colo-absent clean \
+        distclean help
 
 all: build
 
@@ -57,6 +58,10 @@ check-qtest: qemu
 
 check-colo: build
 	@bash scripts/run-checks.sh colo
+
+# The failover fault-injection loop at full count (make check runs 3).
+check-slow: build
+	@COLO_FAULT_RUNS=20 bash scripts/run-checks.sh colo
 
 check-base-colo-absent: qemu
 	@sh scripts/check-no-base-colo.sh $(BUILD)

@@ -166,6 +166,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
         .co = qemu_coroutine_self(),
         .msg = g_byte_array_new(),
     };
+    COLOExitReason reason;
 
     if (!mis->to_src_file) {
         mis->to_src_file = qemu_file_get_return_path(c.from);
@@ -205,7 +206,8 @@ void colo_secondary_run(MigrationIncomingState *mis)
      * over from the last loaded checkpoint.  The incoming migration finishes as usual from here,
      * which starts the SVM (or leaves it paused under -S).
      */
-    colo_state_exit(colo_failover_begin(&c.err), c.err);
+    reason = colo_failover_begin(&c.err);
+    colo_state_exit(reason, c.err);
     migrate_set_state(&mis->state, MIGRATION_STATUS_COLO,
                       MIGRATION_STATUS_ACTIVE);
     colo_failover_end();

@@ -13,6 +13,9 @@ answer "ok":
     cut N      forward N more bytes, then close both connections
     flip N     flip every bit of the byte N bytes from now
     inject N   send N random bytes to the secondary now
+    freeze     forward nothing more either way, keep both connections open
+               (a primary that vanished without its host closing anything)
+    freeze N   the same after forwarding N more bytes (mid-checkpoint)
     count      answer the number of bytes forwarded so far
 
 It exits when either side closes, or on SIGTERM.
@@ -45,10 +48,13 @@ def main(argv):
 
     forwarded = 0
     cut_at = None       # absolute forward offset where to close
+    freeze_at = None    # absolute forward offset where to stop forwarding
     flip_at = None      # absolute forward offset of the byte to flip
     controls = []
+    frozen = False
     while True:
-        rlist, _, _ = select.select([src, dst, csock] + controls, [], [], 60)
+        peers = [] if frozen else [src, dst]
+        rlist, _, _ = select.select(peers + [csock] + controls, [], [], 60)
         for r in rlist:
             if r is csock:
                 controls.append(csock.accept()[0])
@@ -67,6 +73,10 @@ def main(argv):
                 elif cmd == "inject":
                     dst.sendall(bytes(random.getrandbits(8)
                                       for _ in range(int(arg))))
+                elif cmd == "freeze" and arg:
+                    freeze_at = forwarded + int(arg)
+                elif cmd == "freeze":
+                    frozen = True
                 elif cmd == "count":
                     r.sendall(b"%d\n" % forwarded)
                     continue
@@ -82,6 +92,12 @@ def main(argv):
                 i = flip_at - forwarded
                 data = data[:i] + bytes([data[i] ^ 0xff]) + data[i + 1:]
                 flip_at = None
+            if freeze_at is not None and forwarded + len(data) >= freeze_at:
+                dst.sendall(data[:freeze_at - forwarded])
+                forwarded = freeze_at
+                freeze_at = None
+                frozen = True
+                continue
             if cut_at is not None and forwarded + len(data) >= cut_at:
                 dst.sendall(data[:cut_at - forwarded])
                 src.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,206 @@
+"""End-to-end: failover with output commit; the client never notices.
+
+The counter client talks to the guest through one TCP connection the whole
+time.  After every failover:
+  - the connection survived (no error, no reconnect),
+  - the counter never went backwards and no value was skipped,
+  - the survivor's counter is at least the last value the client saw: no
+    reply it got is unknown to the survivor.
+
+  lost_heartbeat  the primary vanishes without its connections closing (the
+                  stream proxy freezes, the primary is killed); the
+                  secondary is told with x-colo-lost-heartbeat
+  broken_stream   the primary is killed: the secondary fails over by itself
+  secondary_dies  the secondary is killed: the primary carries on alone
+  kill_at_random  the primary is killed at random instants, half of them
+                  inside a checkpoint: the stream proxy lets a random part
+                  of one through and then goes silent, as a dying host
+                  would (COLO_FAULT_RUNS runs; make check-slow: 20)
+  reprotect       after a failover the survivor is protected by a fresh
+                  secondary, and survives a second failover
+  wrong_state     failover commands where they make no sense
+
+Takeover time (kill to the first reply from the survivor) and the client's
+longest gap go to failover-*.json in the results dir.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from colo_pair import (X_COLO, checkpoints, colo_status, query_guest,
+                       start_pair, wait_until)
+from counter_client import CounterLog
+
+FAULT_RUNS = int(os.environ.get("COLO_FAULT_RUNS", "3"))
+
+
+def assert_client_ok(log, survivor_value):
+    assert log.errors() == [], "client errors: %s" % log.errors()
+    assert log.reconnects() == []
+    assert log.never_backwards(), log.first_violation(strict=False)
+    assert log.strictly_increasing(), log.first_violation(strict=True)
+    assert log.skips() == [], log.skips()[:10]
+    assert survivor_value >= log.last_value(), \
+        "the client saw %d, the survivor has %d" % (log.last_value(),
+                                                    survivor_value)
+
+
+def kill(vm):
+    vm.proc.send_signal(signal.SIGKILL)
+    vm.proc.wait(timeout=30)
+
+
+def takeover(client, t_kill, results_dir, name, extra=None):
+    """Let the client run on the survivor, stop it, check it, record."""
+    client.wait_replies(50, 120, after=t_kill)
+    client.stop()
+    log = CounterLog(client.out)
+    first_t, _ = log.replies_after(t_kill)[0]
+    gap, ta, tb, _ = log.longest_gap()
+    result = {"takeover_s": round(first_t - t_kill, 3),
+              "longest_gap_s": round(gap, 3), "replies": log.count}
+    result.update(extra or {})
+    with open(os.path.join(results_dir, "failover-%s.json" % name), "w") as f:
+        json.dump(result, f, indent=2)
+    print("\nfailover[%s]: %s" % (name, result))
+    return log
+
+
+def test_lost_heartbeat(bed, vm_factory, workdir, counter, results_dir):
+    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                                 via_proxy=True)
+    try:
+        client = counter(interval=0.02, timeout=30, duration=600)
+        client.wait_replies(50, 60)
+        assert proxy.command("freeze") == "ok"
+        t_kill = time.monotonic()
+        kill(pvm)
+        # The secondary's loop is blocked on a silent connection...
+        time.sleep(0.5)
+        assert colo_status(svm)["mode"] == "secondary"
+        # ...until it is told.
+        svm.qmp("x-colo-lost-heartbeat")
+        ev = svm.wait_event("COLO_EXIT", 30)
+        assert ev["data"] == {"mode": "secondary", "reason": "request"}
+        svm.wait_status({"running"}, 30)
+        log = takeover(client, t_kill, results_dir, "lost-heartbeat")
+        assert_client_ok(log, int(query_guest(bed, "get")))
+        with pytest.raises(Exception, match="not in COLO mode"):
+            svm.qmp("x-colo-lost-heartbeat")
+    finally:
+        proxy.close()
+
+
+def test_broken_stream(bed, vm_factory, workdir, counter, results_dir):
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(50, 60)
+    t_kill = time.monotonic()
+    kill(pvm)
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "secondary", "reason": "error"}
+    svm.wait_status({"running"}, 30)
+    log = takeover(client, t_kill, results_dir, "broken-stream")
+    assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+def test_secondary_dies(bed, vm_factory, workdir, counter, results_dir):
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(50, 60)
+    t_kill = time.monotonic()
+    kill(svm)
+    ev = pvm.wait_event("COLO_EXIT", 30)
+    assert ev["data"]["mode"] == "primary"
+    assert pvm.qmp("query-status")["status"] == "running"
+    log = takeover(client, t_kill, results_dir, "secondary-dies")
+    assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+@pytest.mark.parametrize("run", range(FAULT_RUNS))
+def test_kill_at_random(run, bed, vm_factory, workdir, counter, results_dir):
+    rng = random.Random(run)
+    mid_checkpoint = run % 2 == 1
+    # A busy guest, so that checkpoints carry megabytes.
+    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                                 append="colo.dirty_mbps=20 colo.dirty_mb=64",
+                                 via_proxy=True)
+    try:
+        client = counter(interval=0.02, timeout=30, duration=600)
+        client.wait_replies(20, 60)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if mid_checkpoint:
+            # The next checkpoint gets this far, then the host goes silent.
+            pvm.qmp("migrate-set-parameters",
+                    {"x-checkpoint-delay": 3600 * 1000})
+            n = checkpoints(svm)
+            wait_until(lambda: checkpoints(pvm) >= n, 30, "the last ack")
+            # Somewhere inside it: checkpoints are about as big as the
+            # previous one, and at least its device state.
+            size = colo_status(pvm)["stats"]["bytes-last"]
+            assert proxy.command("freeze %d" % rng.randrange(64, size // 2)) \
+                == "ok"
+            pvm.qmp("x-colo-checkpoint")
+            time.sleep(0.3)
+        n = checkpoints(svm)
+        t_kill = time.monotonic()
+        kill(pvm)
+        if mid_checkpoint:
+            svm.qmp("x-colo-lost-heartbeat")
+        svm.wait_event("COLO_EXIT", 30)
+        svm.wait_status({"running"}, 30)
+        log = takeover(client, t_kill, results_dir, "random-%d" % run,
+                       {"mid_checkpoint": mid_checkpoint,
+                        "checkpoints_before_kill": n,
+                        "checkpoints_loaded": checkpoints(svm)})
+        if mid_checkpoint:
+            # The partial checkpoint was never applied.
+            assert checkpoints(svm) == n
+        else:
+            # One in flight at the kill is loaded if it arrived whole.
+            assert n <= checkpoints(svm) <= n + 1
+        assert_client_ok(log, int(query_guest(bed, "get")))
+    finally:
+        proxy.close()
+
+
+def test_reprotect(bed, vm_factory, workdir, counter, results_dir):
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(30, 60)
+    kill(pvm)
+    svm.wait_event("COLO_EXIT", 30)
+    svm.wait_status({"running"}, 30)
+    client.wait_replies(30, 60, after=time.monotonic())
+
+    # A fresh secondary for the survivor (its x-colo is still set).
+    port = bed.free_port()
+    third = vm_factory("third", tap="tap-p", incoming="tcp:127.0.0.1:%d"
+                       % port)
+    third.qmp("migrate-set-capabilities", X_COLO)
+    svm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 100})
+    svm.qmp("migrate", uri="tcp:127.0.0.1:%d" % port)
+    wait_until(lambda: colo_status(svm)["mode"] == "primary", 300,
+               "the survivor to enter COLO as primary")
+    wait_until(lambda: checkpoints(third) >= 3, 60, "3 checkpoints")
+    client.wait_replies(30, 60, after=time.monotonic())
+
+    t_kill = time.monotonic()
+    kill(svm)
+    third.wait_event("COLO_EXIT", 30)
+    third.wait_status({"running"}, 30)
+    log = takeover(client, t_kill, results_dir, "reprotect")
+    assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+def test_wrong_state(bed, vm_factory, workdir):
+    pvm = vm_factory("primary", tap="tap-p")
+    for cmd in ("x-colo-lost-heartbeat", "x-colo-checkpoint"):
+        with pytest.raises(Exception):
+            pvm.qmp(cmd)
+    assert colo_status(pvm)["mode"] == "none"
