@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Measure the primary's checkpoint pause of our COLO under the test guest.
+"""Measure our COLO's checkpoint pause and added latency with the test guest.
 
 For each dirty rate (MB/s, the guest's memory dirtier over a 64 MiB working
 set) and each checkpoint delay, it brings a pair into COLO, runs it for a
-while, and reads the pause of every checkpoint (VM stopped to VM resumed)
-from the primary's trace event colo_checkpoint_resume.  It prints median,
-p99 and max per scenario and writes them as JSON.
+while with the counter client sending a request every 20 ms, and reads
+  - the pause of every checkpoint (VM stopped to VM resumed) from the
+    primary's trace event colo_checkpoint_resume,
+  - the client's request/response times, which output commit lengthens:
+    a reply waits for the checkpoint that covers it.
+A first row measures the same guest without COLO, for the latency baseline.
+It prints median, p99 and max per scenario and writes them as JSON.
 
     sudo /usr/bin/python3 tests/colo/bench_pause.py [--out FILE]
         [--rates 0,20] [--delays 100,1000] [--seconds 30]
@@ -24,7 +28,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import netbed  # noqa: E402
-from colo_pair import checkpoints, colo_status, start_pair  # noqa: E402
+from colo_pair import (READY_RE, BOOT_TIMEOUT, checkpoints,  # noqa: E402
+                       colo_status, start_pair)
+from counter_client import CounterClient  # noqa: E402
 from vm import QemuVM  # noqa: E402
 
 PAUSE_RE = re.compile(r"colo_checkpoint_resume checkpoint (\d+): VM resumed "
@@ -36,10 +42,27 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def client_rtts(path):
+    rtts = []
+    with open(path) as f:
+        for line in f:
+            d = json.loads(line)
+            if "rtt" in d:
+                rtts.append(d["rtt"] * 1000)
+    return rtts
+
+
+def latency(rtts):
+    return {"rtt_median_ms": round(statistics.median(rtts), 2),
+            "rtt_p99_ms": round(percentile(rtts, 99), 2)}
+
+
 def run_scenario(rate, delay, seconds):
+    """DELAY None: no COLO, the guest alone (latency baseline)."""
     workdir = tempfile.mkdtemp(prefix="colo-bench-")
     bed = netbed.NetBed()
     vms = []
+    client = None
 
     def make_vm(name, tap=None, **kw):
         vm = QemuVM(bed, name, workdir, tap=tap, **kw)
@@ -48,28 +71,41 @@ def run_scenario(rate, delay, seconds):
 
     try:
         append = "colo.dirty_mbps=%d colo.dirty_mb=64" % rate if rate else ""
-        pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
-                                 delay_ms=delay,
-                                 primary_args=["-trace",
-                                               "colo_checkpoint_resume"])
-        # Skip the first checkpoints: they carry what the initial
-        # migration's last pass left.
-        first = checkpoints(pvm) + 2
+        if delay is None:
+            pvm = make_vm("alone", tap="tap-p", append=append)
+            pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
+        else:
+            pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
+                                     delay_ms=delay,
+                                     primary_args=["-trace",
+                                                   "colo_checkpoint_resume"])
+            # Skip the first checkpoints: they carry what the initial
+            # migration's last pass left.
+            first = checkpoints(pvm) + 2
+        client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
+                               interval=0.02, timeout=30, duration=600)
+        client.wait_replies(5, 60)
         time.sleep(seconds)
+        client.stop()
+        row = {"dirty_mb_s": rate, "delay_ms": delay, "seconds": seconds}
+        row.update(latency(client_rtts(client.out)))
+        if delay is None:
+            return row
         stats = colo_status(pvm)["stats"]
         with open(pvm.stderr_path) as f:
             pauses = [int(us) for seq, us in PAUSE_RE.findall(f.read())
                       if int(seq) > first]
-        return {
-            "dirty_mb_s": rate, "delay_ms": delay, "seconds": seconds,
+        row.update({
             "checkpoints": len(pauses),
             "pause_median_ms": statistics.median(pauses) / 1000,
             "pause_p99_ms": percentile(pauses, 99) / 1000,
             "pause_max_ms": max(pauses) / 1000,
             "bytes_per_checkpoint": stats["bytes-total"] // max(1, stats["checkpoints"]),
-            "received_last_ms": stats["received-last-us"] / 1000,
-        }
+        })
+        return row
     finally:
+        if client is not None:
+            client.stop(timeout=5)
         for vm in vms:
             vm.kill()
         bed.close()
@@ -86,14 +122,22 @@ def main():
     netbed.sweep_stale()
     rows = []
     for rate in [int(x) for x in args.rates.split(",")]:
-        for delay in [int(x) for x in args.delays.split(",")]:
+        for delay in [None] + [int(x) for x in args.delays.split(",")]:
             row = run_scenario(rate, delay, args.seconds)
             rows.append(row)
+            if delay is None:
+                print("dirty %3d MB/s  no COLO         request/response median"
+                      " %6.2f ms p99 %6.2f ms" % (rate, row["rtt_median_ms"],
+                                                  row["rtt_p99_ms"]),
+                      flush=True)
+                continue
             print("dirty %3d MB/s  delay %5d ms  %4d checkpoints  pause median"
-                  " %6.2f ms  p99 %6.2f ms  max %6.2f ms  %9d bytes/ckpt" % (
+                  " %6.2f ms  p99 %6.2f ms  max %6.2f ms  %9d bytes/ckpt  "
+                  "request/response median %7.2f ms p99 %7.2f ms" % (
                       rate, delay, row["checkpoints"], row["pause_median_ms"],
                       row["pause_p99_ms"], row["pause_max_ms"],
-                      row["bytes_per_checkpoint"]), flush=True)
+                      row["bytes_per_checkpoint"], row["rtt_median_ms"],
+                      row["rtt_p99_ms"]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)

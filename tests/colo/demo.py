@@ -5,9 +5,10 @@ Starts a primary and a secondary QEMU with the test guest in a private
 network namespace, puts them in COLO, runs the counter client against the
 guest's service, and prints the pair's checkpoint statistics every second:
 first with a 200 ms checkpoint period, then 1000 ms.  Then it checks that a
-checkpoint taken with the primary stopped leaves both memories equal, and
-powers the guest off, which ends both QEMUs.  Everything it made is removed
-at the end, also on Ctrl-C.
+checkpoint taken with the primary stopped leaves both memories equal, kills
+the primary (SIGKILL) and shows the secondary taking over while the client
+carries on, on the same TCP connection, and powers the guest off.
+Everything it made is removed at the end, also on Ctrl-C.
 
     sudo /usr/bin/python3 tests/colo/demo.py [--seconds N]
 """
@@ -44,7 +45,7 @@ def show(pvm, svm, client, t0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=10,
+    ap.add_argument("--seconds", type=int, default=6,
                     help="seconds to show at each checkpoint period")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -78,12 +79,6 @@ def main():
             for _ in range(args.seconds):
                 time.sleep(1)
                 show(pvm, svm, client, t0)
-        client.stop()
-        log = CounterLog(client.out)
-        print("demo: client: %d replies, never backwards: %s, longest gap "
-              "%.3f s" % (log.count, log.never_backwards(),
-                          log.longest_gap()[0]), flush=True)
-
         checkpoint_stopped(pvm, svm)
         diff = differing_pages(save_memory(pvm, os.path.join(workdir, "p")),
                                save_memory(svm, os.path.join(workdir, "s")))
@@ -92,14 +87,39 @@ def main():
                                           "DIFFERS FROM (%d pages)" % len(diff)),
               flush=True)
         pvm.qmp("cont")
+        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 200})
+        client.wait_replies(20, 60, after=time.monotonic())
+
+        seen = CounterLog(client.out).last_value()
+        print("demo: killing the primary (SIGKILL); the client has seen %d"
+              % seen, flush=True)
+        t_kill = time.monotonic()
+        pvm.proc.kill()
+        pvm.proc.wait(timeout=30)
+        ev = svm.wait_event("COLO_EXIT", 30)
+        svm.wait_status({"running"}, 30)
+        print("demo: secondary left COLO (%s) and runs the guest"
+              % ev["data"]["reason"], flush=True)
+        client.wait_replies(50, 120, after=t_kill)
+        client.stop()
+        log = CounterLog(client.out)
+        first_t, first_v = log.replies_after(t_kill)[0]
+        survivor = int(query_guest(bed, "get"))
+        print("demo: first reply from the survivor %.0f ms after the kill: %d;"
+              " %d replies in all, never backwards: %s, one connection: %s, "
+              "longest gap %.0f ms; the survivor's counter %d >= %d seen"
+              % ((first_t - t_kill) * 1000, first_v, log.count,
+                 log.never_backwards(), not log.reconnects() and
+                 not log.errors(), log.longest_gap()[0] * 1000, survivor,
+                 seen), flush=True)
+        ok = (not diff and log.never_backwards() and not log.errors()
+              and survivor >= log.last_value())
         print("demo: powering the guest off: %s"
               % query_guest(bed, "poweroff"), flush=True)
-        for vm in (pvm, svm):
-            wait_until(lambda: not vm.is_running(), 60, vm.name)
-            print("demo: %s exited with status %d" % (vm.name,
-                                                      vm.proc.returncode),
-                  flush=True)
-        return 0 if not diff else 1
+        wait_until(lambda: not svm.is_running(), 60, svm.name)
+        print("demo: the survivor exited with status %d"
+              % svm.proc.returncode, flush=True)
+        return 0 if ok else 1
     finally:
         if client is not None:
             client.stop(timeout=5)
