@@ -24,7 +24,7 @@ typedef struct ColoStats {
 } ColoStats;
 
 typedef struct ColoState {
-    /* Protects everything below but the semaphore. */
+    /* Protects mode, last_mode, reason, stats and the channel. */
     QemuMutex lock;
     COLOMode mode;              /* COLO_MODE_NONE unless in COLO */
     COLOMode last_mode;
@@ -33,7 +33,7 @@ typedef struct ColoState {
     /* The replication channel, to shut down when leaving COLO. */
     QEMUFile *to_peer;
     QEMUFile *from_peer;
-    /* Requests to the running side; the semaphore wakes it. */
+    /* Requests to the running side (atomic); the semaphore wakes it. */
     bool checkpoint_requested;
     bool exit_requested;
     bool guest_shutdown;
@@ -71,10 +71,6 @@ void colo_failover_end(void);
 void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
                     uint64_t received_us);
 
-/* Take the pending requests (cleared on return). */
-bool colo_take_checkpoint_request(void);
-bool colo_exit_is_requested(void);
-bool colo_guest_shutdown_is_requested(void);
 
 /* The two sides' loops. */
 void colo_primary_run(MigrationState *s);

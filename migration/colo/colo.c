@@ -95,9 +95,9 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     memset(&colo_state.stats, 0, sizeof(colo_state.stats));
     colo_state.to_peer = to;
     colo_state.from_peer = from;
-    colo_state.checkpoint_requested = false;
-    colo_state.exit_requested = false;
-    colo_state.guest_shutdown = false;
+    qatomic_set(&colo_state.checkpoint_requested, false);
+    qatomic_set(&colo_state.exit_requested, false);
+    qatomic_set(&colo_state.guest_shutdown, false);
     failover_init_state();
     while (!qemu_sem_timedwait(&colo_state.primary_exited, 0)) {
         /* drain a post left by an earlier COLO run */
@@ -133,8 +133,8 @@ void colo_state_exit(COLOExitReason reason, Error *err)
 
 void colo_state_interrupt(void)
 {
+    qatomic_set(&colo_state.exit_requested, true);
     qemu_mutex_lock(&colo_state.lock);
-    colo_state.exit_requested = true;
     if (colo_state.to_peer) {
         qemu_file_shutdown(colo_state.to_peer);
     }
@@ -163,37 +163,6 @@ void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
     qemu_mutex_unlock(&colo_state.lock);
 }
 
-bool colo_take_checkpoint_request(void)
-{
-    bool requested;
-
-    qemu_mutex_lock(&colo_state.lock);
-    requested = colo_state.checkpoint_requested;
-    colo_state.checkpoint_requested = false;
-    qemu_mutex_unlock(&colo_state.lock);
-    return requested;
-}
-
-bool colo_exit_is_requested(void)
-{
-    bool requested;
-
-    qemu_mutex_lock(&colo_state.lock);
-    requested = colo_state.exit_requested;
-    qemu_mutex_unlock(&colo_state.lock);
-    return requested;
-}
-
-bool colo_guest_shutdown_is_requested(void)
-{
-    bool requested;
-
-    qemu_mutex_lock(&colo_state.lock);
-    requested = colo_state.guest_shutdown;
-    qemu_mutex_unlock(&colo_state.lock);
-    return requested;
-}
-
 /* A new x-checkpoint-delay applies at once: wake the primary to re-plan. */
 void colo_checkpoint_delay_set(void)
 {
@@ -214,10 +183,8 @@ static void colo_shutdown_notify(Notifier *n, void *data)
         get_colo_mode() != COLO_MODE_PRIMARY) {
         return;
     }
-    qemu_mutex_lock(&colo_state.lock);
-    colo_state.guest_shutdown = true;
-    colo_state.exit_requested = true;
-    qemu_mutex_unlock(&colo_state.lock);
+    qatomic_set(&colo_state.guest_shutdown, true);
+    qatomic_set(&colo_state.exit_requested, true);
     qemu_sem_post(&colo_state.kick);
 }
 
@@ -234,9 +201,7 @@ void colo_shutdown(void)
     if (get_colo_mode() != COLO_MODE_PRIMARY) {
         return;
     }
-    qemu_mutex_lock(&colo_state.lock);
-    colo_state.exit_requested = true;
-    qemu_mutex_unlock(&colo_state.lock);
+    qatomic_set(&colo_state.exit_requested, true);
     qemu_sem_post(&colo_state.kick);
 
     bql_unlock();
@@ -263,9 +228,7 @@ void qmp_x_colo_checkpoint(Error **errp)
                    " of a COLO pair");
         return;
     }
-    qemu_mutex_lock(&colo_state.lock);
-    colo_state.checkpoint_requested = true;
-    qemu_mutex_unlock(&colo_state.lock);
+    qatomic_set(&colo_state.checkpoint_requested, true);
     qemu_sem_post(&colo_state.kick);
 }
 

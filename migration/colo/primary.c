@@ -139,10 +139,11 @@ static bool colo_primary_wait(int64_t last_start_ms)
         int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
         int64_t due = last_start_ms + migrate_checkpoint_delay();
 
-        if (colo_exit_is_requested()) {
+        if (qatomic_read(&colo_state.exit_requested)) {
             return false;
         }
-        if (colo_take_checkpoint_request() || now >= due) {
+        if (qatomic_xchg(&colo_state.checkpoint_requested, false) ||
+            now >= due) {
             return true;
         }
         qemu_sem_timedwait(&colo_state.kick, due - now);
@@ -202,7 +203,7 @@ void colo_primary_run(MigrationState *s)
         }
     }
     reason = colo_failover_begin(&err);
-    if (!err && colo_guest_shutdown_is_requested()) {
+    if (!err && qatomic_read(&colo_state.guest_shutdown)) {
         /* Best effort: the secondary fails over by itself otherwise. */
         colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
     }

@@ -19,19 +19,15 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import netbed  # noqa: E402
 from colo_pair import (READY_RE, BOOT_TIMEOUT, checkpoints,  # noqa: E402
-                       colo_status, start_pair)
+                       colo_status, standalone_bed, start_pair)
 from counter_client import CounterClient  # noqa: E402
-from vm import QemuVM  # noqa: E402
 
 PAUSE_RE = re.compile(r"colo_checkpoint_resume checkpoint (\d+): VM resumed "
                       r"after (\d+) us")
@@ -59,16 +55,12 @@ def latency(rtts):
 
 def run_scenario(rate, delay, seconds):
     """DELAY None: no COLO, the guest alone (latency baseline)."""
-    workdir = tempfile.mkdtemp(prefix="colo-bench-")
-    bed = netbed.NetBed()
-    vms = []
+    with standalone_bed("colo-bench-") as (bed, make_vm, workdir):
+        return measure(bed, make_vm, workdir, rate, delay, seconds)
+
+
+def measure(bed, make_vm, workdir, rate, delay, seconds):
     client = None
-
-    def make_vm(name, tap=None, **kw):
-        vm = QemuVM(bed, name, workdir, tap=tap, **kw)
-        vms.append(vm)
-        return vm.start()
-
     try:
         append = "colo.dirty_mbps=%d colo.dirty_mb=64" % rate if rate else ""
         if delay is None:
@@ -106,10 +98,6 @@ def run_scenario(rate, delay, seconds):
     finally:
         if client is not None:
             client.stop(timeout=5)
-        for vm in vms:
-            vm.kill()
-        bed.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main():
@@ -119,7 +107,6 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    netbed.sweep_stale()
     rows = []
     for rate in [int(x) for x in args.rates.split(",")]:
         for delay in [None] + [int(x) for x in args.delays.split(",")]:

@@ -6,11 +6,16 @@ With via_proxy=True the replication stream passes through stream_proxy.py,
 which can cut or corrupt it on command.
 """
 
+import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import time
 
+import netbed
 from colo_env import PYTHON
+from vm import QemuVM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 READY_RE = r"COLO-GUEST READY ip=\S+ port=\d+"
@@ -78,6 +83,30 @@ class StreamProxy:
             self.proc.kill()
         self.proc.wait(timeout=10)
         self.log.close()
+
+
+@contextlib.contextmanager
+def standalone_bed(prefix):
+    """For scripts outside pytest (demo, benchmarks): a NetBed, a work dir
+    and a VM factory; the VMs, the bed and the dir are removed at the end,
+    also on an exception or Ctrl-C."""
+    netbed.sweep_stale()
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    bed = netbed.NetBed()
+    vms = []
+
+    def make_vm(name, tap=None, **kw):
+        vm = QemuVM(bed, name, workdir, tap=tap, **kw)
+        vms.append(vm)
+        return vm.start()
+
+    try:
+        yield bed, make_vm, workdir
+    finally:
+        for vm in vms:
+            vm.kill()
+        bed.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,

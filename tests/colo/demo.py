@@ -15,19 +15,15 @@ Everything it made is removed at the end, also on Ctrl-C.
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import netbed  # noqa: E402
 from colo_pair import (checkpoint_stopped, colo_status,  # noqa: E402
-                       differing_pages, query_guest, save_memory, start_pair,
-                       wait_until)
+                       differing_pages, query_guest, save_memory,
+                       standalone_bed, start_pair, wait_until)
 from counter_client import CounterClient, CounterLog  # noqa: E402
-from vm import QemuVM  # noqa: E402
 
 
 def show(pvm, svm, client, t0):
@@ -51,17 +47,12 @@ def main():
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces and taps)")
 
-    netbed.sweep_stale()
-    workdir = tempfile.mkdtemp(prefix="colo-demo-")
-    bed = netbed.NetBed()
-    vms = []
+    with standalone_bed("colo-demo-") as (bed, make_vm, workdir):
+        return run_demo(bed, make_vm, workdir, args.seconds)
+
+
+def run_demo(bed, make_vm, workdir, seconds):
     client = None
-
-    def make_vm(name, tap=None, **kw):
-        vm = QemuVM(bed, name, workdir, tap=tap, **kw)
-        vms.append(vm)
-        return vm.start()
-
     try:
         print("demo: booting the primary and entering COLO (namespace %s)"
               % bed.ns, flush=True)
@@ -76,7 +67,7 @@ def main():
         for delay in (200, 1000):
             pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay})
             print("demo: x-checkpoint-delay %d ms" % delay, flush=True)
-            for _ in range(args.seconds):
+            for _ in range(seconds):
                 time.sleep(1)
                 show(pvm, svm, client, t0)
         checkpoint_stopped(pvm, svm)
@@ -123,10 +114,6 @@ def main():
     finally:
         if client is not None:
             client.stop(timeout=5)
-        for vm in vms:
-            vm.kill()
-        bed.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
