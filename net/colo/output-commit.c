@@ -89,6 +89,19 @@ static void colo_output_cleanup(NetFilterState *nf)
     }
 }
 
+OBJECT_DEFINE_SIMPLE_TYPE(ColoOutputState, colo_output, FILTER_COLO_OUTPUT,
+                          NETFILTER)
+
+static void colo_output_init(Object *obj)
+{
+    /* The queues come with setup, once the filter has its netdev. */
+}
+
+static void colo_output_finalize(Object *obj)
+{
+    /* The netfilter's finalize runs cleanup, which lets everything go. */
+}
+
 static void colo_output_class_init(ObjectClass *oc, void *data)
 {
     NetFilterClass *nfc = NETFILTER_CLASS(oc);
@@ -97,20 +110,6 @@ static void colo_output_class_init(ObjectClass *oc, void *data)
     nfc->cleanup = colo_output_cleanup;
     nfc->receive_iov = colo_output_receive_iov;
 }
-
-static const TypeInfo colo_output_info = {
-    .name = TYPE_FILTER_COLO_OUTPUT,
-    .parent = TYPE_NETFILTER,
-    .class_init = colo_output_class_init,
-    .instance_size = sizeof(ColoOutputState),
-};
-
-static void colo_output_register_types(void)
-{
-    type_register_static(&colo_output_info);
-}
-
-type_init(colo_output_register_types);
 
 bool colo_output_start(Error **errp)
 {
