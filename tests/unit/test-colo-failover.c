@@ -1,0 +1,160 @@
+/*
+ * Unit tests of the COLO failover state machine (migration/colo/failover.c):
+ * a failover happens exactly once per COLO session, whether asked for or
+ * caused by a broken stream, and requests in the wrong state are refused.
+ *
+ * failover.c wakes the running side through colo_state_interrupt() and asks
+ * the mode with get_colo_mode(); both are stand-ins here that record what
+ * happened.
+ *
+ * unit-test-sources: migration/colo/failover.c @BUILD@/qemu/trace/trace-migration_colo.c
+ * unit-test-qemu: yes
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <check.h>
+#include "qapi/error.h"
+#include "qapi/qapi-commands-migration.h"
+#include "migration/colo.h"
+#include "migration/failover.h"
+#include "migration/colo/colo-internal.h"
+
+static int interrupts;
+static COLOMode mode = COLO_MODE_SECONDARY;
+
+void colo_state_interrupt(void)
+{
+    interrupts++;
+}
+
+COLOMode get_colo_mode(void)
+{
+    return mode;
+}
+
+static void setup(void)
+{
+    interrupts = 0;
+    mode = COLO_MODE_SECONDARY;
+    failover_init_state();
+}
+
+START_TEST(test_request_runs_once)
+{
+    Error *err = NULL;
+
+    ck_assert(!failover_request_is_active());
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_REQUIRE);
+    ck_assert_int_eq(interrupts, 1);
+
+    /* A second request while the first is pending: refused, no action. */
+    qmp_x_colo_lost_heartbeat(&err);
+    ck_assert(strstr(error_get_pretty(err), "already in progress"));
+    error_free(err);
+    ck_assert_int_eq(interrupts, 1);
+}
+END_TEST
+
+/* The loop ends with the channel error the request caused: not an error. */
+START_TEST(test_requested_failover_is_a_request)
+{
+    Error *err = NULL;
+
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    error_setg(&err, "channel shut down");
+    ck_assert_int_eq(colo_failover_begin(&err), COLO_EXIT_REASON_REQUEST);
+    ck_assert_ptr_null(err);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_ACTIVE);
+
+    /* Too late for another request while it runs, and after. */
+    qmp_x_colo_lost_heartbeat(&err);
+    ck_assert_ptr_nonnull(err);
+    error_free(err);
+    err = NULL;
+    colo_failover_end();
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_COMPLETED);
+    qmp_x_colo_lost_heartbeat(&err);
+    ck_assert_ptr_nonnull(err);
+    error_free(err);
+    ck_assert_int_eq(interrupts, 1);
+}
+END_TEST
+
+START_TEST(test_broken_stream_fails_over_by_itself)
+{
+    Error *err = NULL;
+
+    error_setg(&err, "connection reset");
+    ck_assert_int_eq(colo_failover_begin(&err), COLO_EXIT_REASON_ERROR);
+    ck_assert_ptr_nonnull(err);
+    error_free(err);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_ACTIVE);
+    colo_failover_end();
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_COMPLETED);
+}
+END_TEST
+
+/* Leaving COLO without a failover (shutdown): the state stays none. */
+START_TEST(test_clean_exit_is_no_failover)
+{
+    Error *err = NULL;
+
+    ck_assert_int_eq(colo_failover_begin(&err), COLO_EXIT_REASON_REQUEST);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_NONE);
+    colo_failover_end();
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_NONE);
+}
+END_TEST
+
+START_TEST(test_request_outside_colo_is_refused)
+{
+    Error *err = NULL;
+
+    mode = COLO_MODE_NONE;
+    qmp_x_colo_lost_heartbeat(&err);
+    ck_assert(strstr(error_get_pretty(err), "not in COLO mode"));
+    error_free(err);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_NONE);
+    ck_assert_int_eq(interrupts, 0);
+}
+END_TEST
+
+/* Only the expected old state moves the machine. */
+START_TEST(test_transitions_need_the_old_state)
+{
+    ck_assert_int_eq(failover_set_state(FAILOVER_STATUS_ACTIVE,
+                                        FAILOVER_STATUS_COMPLETED),
+                     FAILOVER_STATUS_NONE);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_NONE);
+    ck_assert_int_eq(failover_set_state(FAILOVER_STATUS_NONE,
+                                        FAILOVER_STATUS_ACTIVE),
+                     FAILOVER_STATUS_NONE);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_ACTIVE);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("colo-failover");
+    TCase *tc = tcase_create("state machine");
+    SRunner *sr;
+    int failed;
+
+    tcase_add_checked_fixture(tc, setup, NULL);
+    tcase_add_test(tc, test_request_runs_once);
+    tcase_add_test(tc, test_requested_failover_is_a_request);
+    tcase_add_test(tc, test_broken_stream_fails_over_by_itself);
+    tcase_add_test(tc, test_clean_exit_is_no_failover);
+    tcase_add_test(tc, test_request_outside_colo_is_refused);
+    tcase_add_test(tc, test_transitions_need_the_old_state);
+    suite_add_tcase(s, tc);
+
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
