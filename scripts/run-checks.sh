@@ -1,10 +1,11 @@
 #!/bin/bash
 # Run the project's test suites and end with one line "N passed, N failed".
 #
-# Usage: run-checks.sh all|unit|qtest|colo
+# Usage: run-checks.sh all|unit|qtest|colo|nocolo
 #   unit   Check unit tests of our C modules (tests/unit/test-*.c)
 #   qtest  a trimmed set of the base's own migration qtests against our build
 #   colo   end-to-end tests with the test guest (tests/colo, pytest)
+#   nocolo a --disable-colo build refuses x-colo
 #   all    all of the above, plus the check that no base COLO module is built
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -160,6 +161,39 @@ PYEOF
     fi
 }
 
+# A --disable-colo build (its own build folder; ccache makes it cheap after
+# the first time) still migrates and refuses COLO with a clear error.
+run_nocolo() {
+    local nb="$build/nocolo" out
+    if [ ! -f "$nb/config.mak" ] &&
+       ! "$top/configure" --disable-colo --build-dir="$nb" \
+            > "$results/nocolo-configure.log" 2>&1; then
+        tail -n 20 "$results/nocolo-configure.log"
+        fail "disable-colo (configure)"
+        return
+    fi
+    if ! sh "$top/scripts/stage.sh" "$(sed -n 's/^BASE := //p' "$nb/config.mak")" \
+            "$nb/src" > "$results/nocolo-build.log" 2>&1 ||
+       ! make --no-print-directory -C "$nb/qemu" qemu-system-x86_64 \
+            >> "$results/nocolo-build.log" 2>&1; then
+        tail -n 20 "$results/nocolo-build.log"
+        fail "disable-colo (build)"
+        return
+    fi
+    out=$(printf '%s\n' '{"execute":"qmp_capabilities"}' \
+        '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"x-colo","state":true}]}}' \
+        '{"execute":"query-colo-status"}' '{"execute":"quit"}' |
+        timeout 60 "$nb/qemu/qemu-system-x86_64" -M none -nodefaults \
+            -display none -qmp stdio 2>&1)
+    if echo "$out" | grep -q '"desc": "COLO is not available in this QEMU binary"' &&
+       echo "$out" | grep -q '"class": "CommandNotFound"'; then
+        pass "disable-colo build refuses x-colo"
+    else
+        echo "$out"
+        fail "disable-colo build refuses x-colo"
+    fi
+}
+
 run_absent() {
     if sh "$top/scripts/check-no-base-colo.sh" "$build"; then
         pass "no base COLO module in the build"
@@ -170,11 +204,12 @@ run_absent() {
 
 what=${1:-all}
 case "$what" in
-all) run_unit; run_absent; run_qtest; run_colo ;;
+all) run_unit; run_absent; run_nocolo; run_qtest; run_colo ;;
 unit) run_unit ;;
 qtest) run_qtest ;;
 colo) run_colo ;;
-*) echo "usage: $0 all|unit|qtest|colo" >&2; exit 2 ;;
+nocolo) run_nocolo ;;
+*) echo "usage: $0 all|unit|qtest|colo|nocolo" >&2; exit 2 ;;
 esac
 
 echo
