@@ -18,7 +18,7 @@ QEMU_BUILD := $(BUILD)/qemu
 GUEST := $(BUILD)/guest
 
 .PHONY: all deps build qemu firmware guest demo check check-unit \
-        check-qtest check-colo check-slow check-base-colo-absent clean \
+        check-qtest check-colo check-slow bench check-base-colo-absent clean \
         distclean help
 
 all: build
@@ -62,6 +62,11 @@ check-colo: build
 # The failover fault-injection loop at full count (make check runs 3).
 check-slow: build
 	@COLO_FAULT_RUNS=20 bash scripts/run-checks.sh colo
+
+# Ours side by side with the base's own COLO (built from the same source).
+bench: build
+	@sh scripts/build-base-colo.sh $(BUILD)/base-colo
+	@$(PY) tests/colo/bench.py $(BENCH_ARGS)
 
 check-base-colo-absent: qemu
 	@sh scripts/check-no-base-colo.sh $(BUILD)

@@ -110,16 +110,18 @@ def standalone_bed(prefix):
 
 
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
-               primary_args=(), secondary_args=(), via_proxy=False):
-    """Boot the primary, start the secondary and enter COLO.  Returns
-    (primary, secondary, proxy or None)."""
+               primary_args=(), secondary_args=(), via_proxy=False,
+               qemu=None):
+    """Boot the primary, start the secondary and enter COLO (with QEMU
+    binary QEMU, default the build's).  Returns (primary, secondary, proxy
+    or None)."""
     pvm = vm_factory("primary", tap="tap-p", append=append,
-                     extra_args=list(primary_args))
+                     extra_args=list(primary_args), qemu=qemu)
     pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
     port = bed.free_port()
     svm = vm_factory("secondary", tap="tap-s", append=append,
                      incoming="tcp:127.0.0.1:%d" % port,
-                     extra_args=list(secondary_args))
+                     extra_args=list(secondary_args), qemu=qemu)
     proxy = StreamProxy(bed, workdir, port) if via_proxy else None
     for vm in (pvm, svm):
         vm.qmp("migrate-set-capabilities", X_COLO)

@@ -50,7 +50,7 @@ class QemuVM:
     def __init__(self, bed, name, workdir, tap=None, mem=256, accel=None,
                  append="", extra_args=(), incoming=None, kernel=None,
                  initrd=None, mac=GUEST_MAC, guest_ip=GUEST_IP,
-                 guest_port=GUEST_PORT, qmp_timeout=60.0):
+                 guest_port=GUEST_PORT, qmp_timeout=60.0, qemu=None):
         self.bed = bed
         self.name = name
         self.dir = os.path.join(workdir, name)
@@ -67,6 +67,7 @@ class QemuVM:
         self.guest_ip = guest_ip
         self.guest_port = guest_port
         self.qmp_timeout = qmp_timeout
+        self.qemu = qemu            # another QEMU binary than the build's
         self.sock_path = os.path.join(self.dir, "qmp.sock")
         self.serial_path = os.path.join(self.dir, "serial.log")
         self.stderr_path = os.path.join(self.dir, "stderr.log")
@@ -92,7 +93,7 @@ class QemuVM:
     def args(self):
         if self.kernel is None or self.initrd is None:
             self.kernel, self.initrd = colo_env.guest_images()
-        a = [colo_env.qemu_binary(),
+        a = [self.qemu or colo_env.qemu_binary(),
              "-name", self.name,
              "-machine", "pc",
              "-accel", self.accel,

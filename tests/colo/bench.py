@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""`make bench`: our COLO side by side with the base's own COLO.
+
+Both are built from the same pinned QEMU source (the base's with its
+replication and colo-proxy options, see scripts/build-base-colo.sh) and
+run the same scenarios with the same test guest under the same
+accelerator, alternating ours and theirs so that machine noise hits both
+alike:
+
+  pause       the primary's VM pause per checkpoint, median and p99, for a
+              guest dirtying 0, 5, 20 and 50 MB/s at delays of 100 and
+              1000 ms.  Measured the same way for both: from each QMP STOP
+              event to the next RESUME event of the primary (their
+              timestamps are taken by QEMU's core around vm_stop/vm_start);
+  rate        checkpoints per second at x-checkpoint-delay 0, with the
+              guest's counter service still answering (its replies/s shown);
+  bytes       replication traffic per checkpoint (ours: its statistics;
+              the base's: query-migrate's transferred bytes / checkpoints);
+  latency     the counter client's request/response time (output commit:
+              ours holds replies until the covering checkpoint; the base's
+              periodic mode has no output commit at all).
+
+It writes a JSON file and prints a table with our figure, theirs and the
+ratio.  Failover time is measured by tests/colo/test_failover.py (ours);
+the base has no automatic failover to compare with here.
+
+    sudo /usr/bin/python3 tests/colo/bench.py [--out FILE] [--seconds N]
+        [--rates 0,5,20,50] [--delays 100,1000] [--quick]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import colo_env  # noqa: E402
+from bench_pause import client_rtts, percentile  # noqa: E402
+from colo_pair import standalone_bed, start_pair  # noqa: E402
+from counter_client import CounterClient  # noqa: E402
+
+BASE_QEMU = os.path.join(colo_env.BUILD_DIR, "base-colo", "qemu",
+                         "qemu-system-x86_64")
+IMPLS = ("ours", "base")
+
+
+def ts(ev):
+    t = ev["timestamp"]
+    return t["seconds"] + t["microseconds"] / 1e6
+
+
+def pauses(vm, since):
+    """Pauses (ms) from the primary's STOP/RESUME events after SINCE."""
+    # Read every event that came meanwhile (bounded).
+    for _ in range(200):
+        n = len(vm.events)
+        vm._collect_events(wait=0.05)
+        if len(vm.events) == n:
+            break
+    out = []
+    stop = None
+    for ev in vm.events:
+        if ts(ev) < since:
+            continue
+        if ev["event"] == "STOP":
+            stop = ts(ev)
+        elif ev["event"] == "RESUME" and stop is not None:
+            out.append((ts(ev) - stop) * 1000)
+            stop = None
+    return out
+
+
+def run(impl, rate, delay, seconds):
+    qemu = BASE_QEMU if impl == "base" else None
+    with standalone_bed("colo-bench-") as (bed, make_vm, workdir):
+        append = "colo.dirty_mbps=%d colo.dirty_mb=64" % rate if rate else ""
+        pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
+                                 delay_ms=max(delay, 100), qemu=qemu)
+        client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
+                               interval=0.02, timeout=30, duration=600)
+        try:
+            client.wait_replies(3, 120)
+            pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay})
+            # Settle past what the initial migration left behind.
+            time.sleep(2)
+            t0 = time.time()
+            bytes0 = transferred(pvm)
+            time.sleep(seconds)
+            p = pauses(pvm, t0)
+            bytes1 = transferred(pvm)
+            ok = colo_alive(pvm, svm)
+        finally:
+            client.stop(timeout=5)
+        r = client_rtts(client.out)
+        return {
+            "impl": impl, "dirty_mb_s": rate, "delay_ms": delay,
+            "seconds": seconds, "checkpoints": len(p),
+            "checkpoints_per_s": round(len(p) / seconds, 2),
+            "pause_median_ms": round(statistics.median(p), 3) if p else None,
+            "pause_p99_ms": round(percentile(p, 99), 3) if p else None,
+            "bytes_per_checkpoint": (bytes1 - bytes0) // len(p) if p else None,
+            "replies_per_s": round(len(r) / (seconds + 2), 2),
+            "rtt_median_ms": round(statistics.median(r), 2) if r else None,
+            "still_in_colo": ok,
+        }
+
+
+def transferred(pvm):
+    """Bytes sent to the secondary so far."""
+    st = pvm.qmp("query-colo-status")
+    if "stats" in st:
+        return st["stats"]["bytes-total"]
+    return pvm.qmp("query-migrate").get("ram", {}).get("transferred", 0)
+
+
+def colo_alive(pvm, svm):
+    return (pvm.qmp("query-colo-status")["mode"] == "primary" and
+            svm.qmp("query-colo-status")["mode"] == "secondary")
+
+
+def ratio(ours, theirs, better_lower=True):
+    if ours in (None, 0) or theirs in (None, 0):
+        return None
+    return round(theirs / ours if better_lower else ours / theirs, 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="0,5,20,50")
+    ap.add_argument("--delays", default="100,1000")
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--quick", action="store_true",
+                    help="idle and 20 MB/s at 100 ms, 10 s each, and the rate")
+    ap.add_argument("--out", default=os.path.join(colo_env.BUILD_DIR,
+                                                  "results", "bench.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (network namespaces and taps)")
+    if not os.access(BASE_QEMU, os.X_OK):
+        sys.exit("bench: the base's COLO is not built (%s); run make bench"
+                 % BASE_QEMU)
+    rates = [int(x) for x in args.rates.split(",")]
+    delays = [int(x) for x in args.delays.split(",")]
+    seconds = args.seconds
+    if args.quick:
+        rates, delays, seconds = [0, 20], [100], 10
+    scenarios = [(r, d) for r in rates for d in delays] + [(5, 0)]
+
+    rows = []
+    print("%-10s %6s %6s | %-26s | %-26s | %s" % (
+        "scenario", "MB/s", "delay", "ours", "base", "base/ours"), flush=True)
+    for rate, delay in scenarios:
+        pair = {}
+        for impl in IMPLS:
+            pair[impl] = run(impl, rate, delay, seconds)
+            rows.append(pair[impl])
+        o, b = pair["ours"], pair["base"]
+        if delay == 0:
+            print("%-10s %6d %6s | %8.1f ckpt/s %5.1f rep/s | %8.1f ckpt/s "
+                  "%5.1f rep/s | %s x" % (
+                      "max rate", rate, "0", o["checkpoints_per_s"],
+                      o["replies_per_s"], b["checkpoints_per_s"],
+                      b["replies_per_s"],
+                      ratio(o["checkpoints_per_s"], b["checkpoints_per_s"],
+                            better_lower=False)), flush=True)
+            continue
+        print("%-10s %6d %6d | %7.2f / %7.2f ms p99 | %7.2f / %7.2f ms p99 |"
+              " median %s x, p99 %s x; %s / %s bytes per ckpt" % (
+                  "pause", rate, delay, o["pause_median_ms"] or -1,
+                  o["pause_p99_ms"] or -1, b["pause_median_ms"] or -1,
+                  b["pause_p99_ms"] or -1,
+                  ratio(o["pause_median_ms"], b["pause_median_ms"]),
+                  ratio(o["pause_p99_ms"], b["pause_p99_ms"]),
+                  o["bytes_per_checkpoint"], b["bytes_per_checkpoint"]),
+              flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "accel": colo_env.ACCEL, "rows": rows}, f, indent=2)
+    print("bench: results in %s" % args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
