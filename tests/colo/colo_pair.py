@@ -111,10 +111,12 @@ def standalone_bed(prefix):
 
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
                primary_args=(), secondary_args=(), via_proxy=False,
-               qemu=None):
+               qemu=None, isolate_secondary=False):
     """Boot the primary, start the secondary and enter COLO (with QEMU
-    binary QEMU, default the build's).  Returns (primary, secondary, proxy
-    or None)."""
+    binary QEMU, default the build's).  ISOLATE_SECONDARY takes the
+    secondary's tap off the bridge, for a COLO whose secondary runs and
+    talks between checkpoints (the base's in periodic mode).  Returns
+    (primary, secondary, proxy or None)."""
     pvm = vm_factory("primary", tap="tap-p", append=append,
                      extra_args=list(primary_args), qemu=qemu)
     pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
@@ -122,6 +124,9 @@ def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
     svm = vm_factory("secondary", tap="tap-s", append=append,
                      incoming="tcp:127.0.0.1:%d" % port,
                      extra_args=list(secondary_args), qemu=qemu)
+    svm.incoming_port = port
+    if isolate_secondary:
+        bed.ip("link", "set", "tap-s", "nomaster")
     proxy = StreamProxy(bed, workdir, port) if via_proxy else None
     for vm in (pvm, svm):
         vm.qmp("migrate-set-capabilities", X_COLO)
