@@ -15,6 +15,7 @@
 
 #include "qemu/osdep.h"
 #include <check.h>
+#include "check-run.h"
 #include "qapi/error.h"
 #include "qapi/qapi-commands-migration.h"
 #include "migration/colo.h"
@@ -140,8 +141,6 @@ int main(void)
 {
     Suite *s = suite_create("colo-failover");
     TCase *tc = tcase_create("state machine");
-    SRunner *sr;
-    int failed;
 
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_add_test(tc, test_request_runs_once);
@@ -151,10 +150,5 @@ int main(void)
     tcase_add_test(tc, test_request_outside_colo_is_refused);
     tcase_add_test(tc, test_transitions_need_the_old_state);
     suite_add_tcase(s, tc);
-
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

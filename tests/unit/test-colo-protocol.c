@@ -14,6 +14,7 @@
 
 #include "qemu/osdep.h"
 #include <check.h>
+#include "check-run.h"
 #include "qapi/error.h"
 #include "migration/qemu-file.h"
 #include "migration/colo/protocol.h"
@@ -252,8 +253,6 @@ int main(void)
 {
     Suite *s = suite_create("colo-protocol");
     TCase *tc = tcase_create("framing");
-    SRunner *sr;
-    int failed;
 
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_round_trip);
@@ -264,10 +263,5 @@ int main(void)
     tcase_add_test(tc, test_expect_refuses_other_messages);
     tcase_add_test(tc, test_channel_error_is_reported);
     suite_add_tcase(s, tc);
-
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -9,6 +9,7 @@
  */
 
 #include <check.h>
+#include "check-run.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,8 +90,6 @@ int main(void)
 {
     Suite *s = suite_create("guest-blockfmt");
     TCase *tc = tcase_create("core");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, test_fill_then_check_is_valid);
     tcase_add_test(tc, test_zeroed_block_is_empty);
@@ -99,10 +98,5 @@ int main(void)
     tcase_add_test(tc, test_different_seqs_have_different_payloads);
     tcase_add_test(tc, test_index_wraps_around_the_device);
     suite_add_tcase(s, tc);
-
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }
