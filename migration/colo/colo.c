@@ -86,6 +86,17 @@ bool migration_incoming_in_colo_state(void)
     return mis && mis->state == MIGRATION_STATUS_COLO;
 }
 
+/* Wake whatever is blocked on the replication channel (lock held). */
+static void colo_channel_shutdown_locked(void)
+{
+    if (colo_state.to_peer) {
+        qemu_file_shutdown(colo_state.to_peer);
+    }
+    if (colo_state.from_peer) {
+        qemu_file_shutdown(colo_state.from_peer);
+    }
+}
+
 void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
 {
     qemu_mutex_lock(&colo_state.lock);
@@ -114,12 +125,7 @@ void colo_state_exit(COLOExitReason reason, Error *err)
     mode = colo_state.mode;
     colo_state.mode = COLO_MODE_NONE;
     colo_state.reason = reason;
-    if (colo_state.to_peer) {
-        qemu_file_shutdown(colo_state.to_peer);
-    }
-    if (colo_state.from_peer) {
-        qemu_file_shutdown(colo_state.from_peer);
-    }
+    colo_channel_shutdown_locked();
     colo_state.to_peer = NULL;
     colo_state.from_peer = NULL;
     qemu_mutex_unlock(&colo_state.lock);
@@ -135,12 +141,7 @@ void colo_state_interrupt(void)
 {
     qatomic_set(&colo_state.exit_requested, true);
     qemu_mutex_lock(&colo_state.lock);
-    if (colo_state.to_peer) {
-        qemu_file_shutdown(colo_state.to_peer);
-    }
-    if (colo_state.from_peer) {
-        qemu_file_shutdown(colo_state.from_peer);
-    }
+    colo_channel_shutdown_locked();
     qemu_mutex_unlock(&colo_state.lock);
     qemu_sem_post(&colo_state.kick);
 }

@@ -51,15 +51,20 @@ static void colo_ram_put_run(GByteArray *out, RAMBlock *rb, uint16_t index,
                              ColoRamStats *stats)
 {
     unsigned long page = start;
+    bool zero = buffer_is_zero(rb->host + (page << TARGET_PAGE_BITS),
+                               TARGET_PAGE_SIZE);
 
     while (page < end) {
-        bool zero = buffer_is_zero(rb->host + (page << TARGET_PAGE_BITS),
-                                   TARGET_PAGE_SIZE);
         unsigned long next = page + 1;
+        bool next_zero = zero;
 
-        while (next < end &&
-               buffer_is_zero(rb->host + (next << TARGET_PAGE_BITS),
-                              TARGET_PAGE_SIZE) == zero) {
+        /* Each page is tested once: the one ending a run starts the next. */
+        while (next < end) {
+            next_zero = buffer_is_zero(rb->host + (next << TARGET_PAGE_BITS),
+                                       TARGET_PAGE_SIZE);
+            if (next_zero != zero) {
+                break;
+            }
             next++;
         }
         colo_ram_put_record(out, zero ? COLO_RAM_ZERO : COLO_RAM_PAGES,
@@ -72,6 +77,7 @@ static void colo_ram_put_run(GByteArray *out, RAMBlock *rb, uint16_t index,
         }
         stats->pages += next - page;
         page = next;
+        zero = next_zero;
     }
 }
 

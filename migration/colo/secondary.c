@@ -33,7 +33,6 @@
 #include "trace.h"
 
 typedef struct ColoSecondary {
-    MigrationIncomingState *mis;
     QEMUFile *from;             /* forward channel */
     QEMUFile *to;               /* return channel */
     Coroutine *co;              /* the incoming coroutine, parked */
@@ -161,7 +160,6 @@ static void *colo_secondary_thread(void *opaque)
 void colo_secondary_run(MigrationIncomingState *mis)
 {
     ColoSecondary c = {
-        .mis = mis,
         .from = mis->from_src_file,
         .co = qemu_coroutine_self(),
         .msg = g_byte_array_new(),
