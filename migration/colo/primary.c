@@ -19,6 +19,7 @@
 #include "qemu/main-loop.h"
 #include "qemu/timer.h"
 #include "io/channel-buffer.h"
+#include "block/replication.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration/colo.h"
@@ -67,6 +68,7 @@ static QEMUFile *colo_primary_save_devices(QIOChannelBuffer *bioc,
 
 static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
 {
+    ERRP_GUARD();
     g_autoptr(QIOChannelBuffer) bioc = qio_channel_buffer_new(256 * KiB);
     g_autoptr(QEMUFile) devices = NULL;
     ColoRamStats ram_stats;
@@ -84,10 +86,21 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
         vm_stop_force_state(RUN_STATE_COLO);
     }
     trace_colo_checkpoint_stop(seq);
-    ok = colo_ram_capture(p->ram, &ram_stats, errp) &&
+    /* A disk the secondary missed a write of ends COLO before its checkpoint. */
+    replication_get_error_all(errp);
+    ok = !*errp &&
+         colo_ram_capture(p->ram, &ram_stats, errp) &&
          (devices = colo_primary_save_devices(bioc, errp));
-    /* Output so far is this checkpoint's; from now on, the next one's. */
+    /*
+     * Output so far is this checkpoint's; from now on, the next one's.
+     * The same goes for disk writes: the VM's writes so far have all
+     * reached the secondary (stopping drained them), the next ones wait
+     * until the secondary holds this checkpoint.
+     */
     colo_output_seal();
+    if (ok) {
+        replication_hold_writes_all();
+    }
     /*
      * The next checkpoint captures whatever the VM does from here on;
      * whatever it emits meanwhile is held until this one is safe.
@@ -117,6 +130,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     t_received = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bql_lock();
     colo_output_release();
+    replication_release_writes_all();
     bql_unlock();
     if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, p->reply, errp)) {
         return false;
@@ -152,6 +166,7 @@ static bool colo_primary_wait(int64_t last_start_ms)
 
 static bool colo_primary_start(ColoPrimary *p, Error **errp)
 {
+    ERRP_GUARD();
     bool ok;
 
     p->to = p->s->to_dst_file;
@@ -172,9 +187,14 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
         !colo_ram_layout_check(p->reply->data, p->reply->len, errp)) {
         return false;
     }
-    /* The pair is in lock-step from here: the VM may run, held. */
+    /*
+     * The pair is in lock-step from here: the VM may run, held.  The
+     * secondary protects its disks before it says HELLO, so the primary's
+     * writes may reach them from now on.
+     */
     bql_lock();
-    ok = colo_output_start(errp);
+    replication_start_all(REPLICATION_MODE_PRIMARY, errp);
+    ok = !*errp && colo_output_start(errp);
     if (ok) {
         vm_start();
     }
@@ -206,6 +226,12 @@ void colo_primary_run(MigrationState *s)
     if (!err && qatomic_read(&colo_state.guest_shutdown)) {
         /* Best effort: the secondary fails over by itself otherwise. */
         colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
+    } else if (err) {
+        /*
+         * This side carries on alone: a secondary that can still hear
+         * must not take over too.
+         */
+        colo_msg_send_error(p.to, p.seq, err);
     }
     if (err) {
         migrate_set_error(s, err);
@@ -213,6 +239,7 @@ void colo_primary_run(MigrationState *s)
     /* Alone from here: what was held goes out, nothing more is held. */
     bql_lock();
     colo_output_stop();
+    replication_stop_all(true, NULL);
     bql_unlock();
     colo_state_exit(reason, err);
     colo_failover_end();

@@ -164,6 +164,17 @@ bool colo_msg_send_empty(QEMUFile *f, ColoMsgType type, uint64_t seq,
     return colo_msg_send(f, type, seq, NULL, 0, errp);
 }
 
+void colo_msg_send_error(QEMUFile *f, uint64_t seq, const Error *err)
+{
+    const char *msg = error_get_pretty(err);
+    struct iovec iov = {
+        .iov_base = (void *)msg,
+        .iov_len = MIN(strlen(msg), colo_msg_max_length(COLO_MSG_ERROR)),
+    };
+
+    colo_msg_send(f, COLO_MSG_ERROR, seq, &iov, 1, NULL);
+}
+
 bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
                    Error **errp)
 {

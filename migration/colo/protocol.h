@@ -85,6 +85,12 @@ bool colo_msg_send_empty(QEMUFile *f, ColoMsgType type, uint64_t seq,
                          Error **errp);
 
 /*
+ * Best effort: tell the peer why this side leaves COLO (@err's message),
+ * so that it does not take the end of the stream for a failover.
+ */
+void colo_msg_send_error(QEMUFile *f, uint64_t seq, const Error *err);
+
+/*
  * Receive one message into @hdr and @payload (resized to its length).
  * The payload is verified against its checksum before this returns.
  */

@@ -21,6 +21,7 @@
 #include "qemu/timer.h"
 #include "block/aio.h"
 #include "io/channel-buffer.h"
+#include "block/replication.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration/colo.h"
@@ -40,7 +41,8 @@ typedef struct ColoSecondary {
     GByteArray *msg;            /* the checkpoint being received */
     uint64_t loaded;            /* last checkpoint the SVM stands at */
     bool shutdown;              /* the primary's guest shut down */
-    bool unusable;              /* the SVM was left half loaded */
+    bool unusable;              /* the SVM or its disks are inconsistent */
+    bool primary_alone;         /* the primary carries on without us */
     Error *err;
 } ColoSecondary;
 
@@ -65,6 +67,7 @@ static bool colo_secondary_load_devices(const uint8_t *buf, size_t len,
 static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
                                       Error **errp)
 {
+    ERRP_GUARD();
     const uint8_t *body = c->msg->data;
     uint64_t len = c->msg->len, ram_len;
     ColoRamStats ram_stats;
@@ -81,6 +84,18 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
         return false;
     }
     if (!colo_ram_cache_check(body + 8, ram_len, errp)) {
+        return false;
+    }
+    /*
+     * The disks move to this checkpoint before it is acknowledged: the
+     * primary holds its next writes until RECEIVED.
+     */
+    bql_lock();
+    replication_do_checkpoint_all(errp);
+    bql_unlock();
+    if (*errp) {
+        error_prepend(errp, "the SVM's disks are inconsistent: ");
+        c->unusable = true;
         return false;
     }
     if (!colo_msg_send_empty(c->to, COLO_MSG_RECEIVED, seq, errp)) {
@@ -120,11 +135,19 @@ static void *colo_secondary_thread(void *opaque)
     struct iovec iov;
     bool running = true;
 
-    colo_ram_layout_encode(hello);
-    iov.iov_base = hello->data;
-    iov.iov_len = hello->len;
-    if (!colo_msg_send(c->to, COLO_MSG_HELLO, 0, &iov, 1, &c->err)) {
+    /* Protect the disks before the primary may write them (HELLO). */
+    bql_lock();
+    replication_start_all(REPLICATION_MODE_SECONDARY, &c->err);
+    bql_unlock();
+    if (c->err) {
+        /* Nothing protects this SVM's disks: it must never run. */
+        c->unusable = true;
         running = false;
+    } else {
+        colo_ram_layout_encode(hello);
+        iov.iov_base = hello->data;
+        iov.iov_len = hello->len;
+        running = colo_msg_send(c->to, COLO_MSG_HELLO, 0, &iov, 1, &c->err);
     }
 
     while (running) {
@@ -144,6 +167,7 @@ static void *colo_secondary_thread(void *opaque)
         case COLO_MSG_ERROR:
             error_setg(&c->err, "COLO primary failed: %.*s",
                        (int)c->msg->len, (const char *)c->msg->data);
+            c->primary_alone = true;
             running = false;
             break;
         default:
@@ -152,6 +176,10 @@ static void *colo_secondary_thread(void *opaque)
             running = false;
             break;
         }
+    }
+    if (c->unusable && !c->primary_alone) {
+        /* The primary must not wait for us, nor count on us. */
+        colo_msg_send_error(c->to, c->loaded, c->err);
     }
     aio_co_schedule(qemu_get_aio_context(), c->co);
     return NULL;
@@ -165,6 +193,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
         .msg = g_byte_array_new(),
     };
     COLOExitReason reason;
+    Error *disk_err = NULL;
 
     if (!mis->to_src_file) {
         mis->to_src_file = qemu_file_get_return_path(c.from);
@@ -185,14 +214,16 @@ void colo_secondary_run(MigrationIncomingState *mis)
     qemu_thread_join(&c.thread);
     g_byte_array_unref(c.msg);
 
-    if (c.shutdown || c.unusable) {
+    if (c.shutdown || c.unusable || c.primary_alone) {
         /*
-         * The pair's guest powered off, or this SVM is not a consistent
-         * checkpoint: it must not run.  The incoming migration stays
-         * parked here; a shut-down pair ends this QEMU too.
+         * The pair's guest powered off, this SVM is not a consistent
+         * checkpoint, or the primary carries on alone: it must not run.
+         * The incoming migration stays parked here; a shut-down pair ends
+         * this QEMU too.
          */
-        colo_state_exit(c.unusable ? COLO_EXIT_REASON_ERROR
-                                   : COLO_EXIT_REASON_REQUEST, c.err);
+        replication_stop_all(false, NULL);
+        colo_state_exit(c.shutdown ? COLO_EXIT_REASON_REQUEST
+                                   : COLO_EXIT_REASON_ERROR, c.err);
         if (c.shutdown) {
             qemu_system_shutdown_request(SHUTDOWN_CAUSE_GUEST_SHUTDOWN);
         }
@@ -205,6 +236,16 @@ void colo_secondary_run(MigrationIncomingState *mis)
      * which starts the SVM (or leaves it paused under -S).
      */
     reason = colo_failover_begin(&c.err);
+    replication_stop_all(true, &disk_err);
+    if (disk_err) {
+        /* A disk not back at the checkpoint: running would corrupt it. */
+        error_prepend(&disk_err, "failover aborted, the SVM will not run: ");
+        error_free(c.err);
+        colo_state_exit(COLO_EXIT_REASON_ERROR, disk_err);
+        colo_failover_end();
+        qemu_coroutine_yield();
+        return;
+    }
     colo_state_exit(reason, c.err);
     migrate_set_state(&mis->state, MIGRATION_STATUS_COLO,
                       MIGRATION_STATUS_ACTIVE);

@@ -1,0 +1,643 @@
+/*
+ * COLO block replication: the 'replication' block driver.
+ *
+ * Primary mode sits under the guest disk's quorum, over an NBD client to
+ * the secondary: every guest write reaches the secondary's image before it
+ * completes.  Because the primary resumes the VM before its checkpoint has
+ * reached the secondary, writes issued after a checkpoint's stop are held
+ * here until the secondary holds that checkpoint (hold_writes and
+ * release_writes); otherwise they would land in the secondary's image
+ * before it has set the checkpoint's contents aside.
+ *
+ * Secondary mode is the top of the SVM's disk:
+ *
+ *   replication -> active (qcow2) -> hidden (qcow2) -> secondary disk
+ *                                                       ^
+ *                      copy-before-write (target: hidden)
+ *                                                       ^
+ *                                              NBD export: primary writes
+ *
+ * While COLO runs, a copy-before-write filter above the secondary disk saves
+ * what each of the primary's writes overwrites into the hidden disk, and
+ * the SVM's own writes go to the active disk, so the chain below this node
+ * reads as the disk at the last checkpoint.  Each checkpoint empties both
+ * overlays: the secondary disk then is the primary's disk at that
+ * checkpoint.  Failover fences the primary's writes, commits the overlays
+ * into the secondary disk and makes it this node's child: the VM runs on
+ * it as on an ordinary disk.
+ *
+ * docs/devel/migration/colo.rst describes the protocol around it.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-commands-block-export.h"
+#include "qemu/coroutine.h"
+#include "qemu/main-loop.h"
+#include "qemu/module.h"
+#include "qemu/option.h"
+#include "qemu/timer.h"
+#include "block/block_int.h"
+#include "block/block-copy.h"
+#include "block/copy-before-write.h"
+#include "block/dirty-bitmap.h"
+#include "block/export.h"
+#include "block/replication.h"
+#include "system/block-backend.h"
+#include "trace.h"
+
+typedef enum ColoReplicationStage {
+    COLO_REPL_IDLE,         /* not started: I/O passes through */
+    COLO_REPL_RUNNING,      /* in COLO */
+    COLO_REPL_STOPPED,      /* primary: the secondary is dropped */
+    COLO_REPL_FAILED_OVER,  /* secondary: runs on the secondary disk */
+} ColoReplicationStage;
+
+static const char *const colo_repl_stage_name[] = {
+    [COLO_REPL_IDLE] = "idle",
+    [COLO_REPL_RUNNING] = "running",
+    [COLO_REPL_STOPPED] = "stopped",
+    [COLO_REPL_FAILED_OVER] = "failed-over",
+};
+
+typedef struct BDRVColoReplicationState {
+    BlockDriverState *bs;
+    ReplicationState *rs;
+    ReplicationMode mode;
+    char *top_id;
+    ColoReplicationStage stage;
+
+    /* Primary mode */
+    bool holding;               /* writes wait for release_writes */
+    CoQueue held;
+    int write_error;            /* first failed write to the secondary */
+
+    /* Secondary mode, while running */
+    BlockDriverState *active;
+    BlockDriverState *hidden;
+    BlockDriverState *disk;     /* the secondary disk */
+    BlockBackend *active_blk;   /* write access for emptying */
+    BlockBackend *hidden_blk;
+    BlockDriverState *cbw;      /* copy-before-write above @disk */
+    BlockCopyState *bcs;
+} BDRVColoReplicationState;
+
+#define COLO_REPL_OPT_MODE "mode"
+#define COLO_REPL_OPT_TOP_ID "top-id"
+
+static QemuOptsList colo_repl_runtime_opts = {
+    .name = "replication",
+    .head = QTAILQ_HEAD_INITIALIZER(colo_repl_runtime_opts.head),
+    .desc = {
+        {
+            .name = COLO_REPL_OPT_MODE,
+            .type = QEMU_OPT_STRING,
+        },
+        {
+            .name = COLO_REPL_OPT_TOP_ID,
+            .type = QEMU_OPT_STRING,
+        },
+        { /* end of list */ }
+    },
+};
+
+static ReplicationOps colo_repl_ops;
+
+static int colo_repl_open(BlockDriverState *bs, QDict *options, int flags,
+                          Error **errp)
+{
+    ERRP_GUARD();
+    BDRVColoReplicationState *s = bs->opaque;
+    g_autoptr(QemuOpts) opts = NULL;
+    const char *mode;
+    int ret;
+
+    opts = qemu_opts_create(&colo_repl_runtime_opts, NULL, 0, &error_abort);
+    if (!qemu_opts_absorb_qdict(opts, options, errp)) {
+        return -EINVAL;
+    }
+    mode = qemu_opt_get(opts, COLO_REPL_OPT_MODE);
+    if (!mode) {
+        error_setg(errp, "replication: 'mode' is required "
+                   "('primary' or 'secondary')");
+        return -EINVAL;
+    }
+    s->mode = qapi_enum_parse(&ReplicationMode_lookup, mode, -1, NULL);
+    if ((int)s->mode < 0) {
+        error_setg(errp, "replication: invalid mode '%s' "
+                   "(expected 'primary' or 'secondary')", mode);
+        return -EINVAL;
+    }
+    s->top_id = g_strdup(qemu_opt_get(opts, COLO_REPL_OPT_TOP_ID));
+    if (s->top_id && s->mode == REPLICATION_MODE_PRIMARY) {
+        error_setg(errp, "replication: 'top-id' is only for secondary mode");
+        return -EINVAL;
+    }
+
+    /* The mode decides the child's permissions: set it before opening. */
+    ret = bdrv_open_file_child(NULL, options, "file", bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+
+    s->bs = bs;
+    qemu_co_queue_init(&s->held);
+    s->rs = replication_new(bs, &colo_repl_ops);
+    trace_colo_repl_open(bdrv_get_node_name(bs),
+                         ReplicationMode_str(s->mode));
+    return 0;
+}
+
+static void colo_repl_child_perm(BlockDriverState *bs, BdrvChild *c,
+                                 BdrvChildRole role,
+                                 BlockReopenQueue *reopen_queue,
+                                 uint64_t perm, uint64_t shared,
+                                 uint64_t *nperm, uint64_t *nshared)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+
+    bdrv_default_perms(bs, c, role, reopen_queue, perm, shared,
+                       nperm, nshared);
+    if (s->mode == REPLICATION_MODE_SECONDARY) {
+        /*
+         * Below the active disk, the primary writes the secondary disk
+         * and copy-before-write the hidden disk: by design, the chain is
+         * written by others while this node reads it.
+         */
+        *nshared |= BLK_PERM_WRITE | BLK_PERM_RESIZE;
+    }
+}
+
+static int64_t coroutine_fn GRAPH_RDLOCK
+colo_repl_co_getlength(BlockDriverState *bs)
+{
+    return bdrv_co_getlength(bs->file->bs);
+}
+
+/* Primary mode: a replicated request may go on to the secondary. */
+static int coroutine_fn colo_repl_primary_gate(BDRVColoReplicationState *s)
+{
+    if (s->mode != REPLICATION_MODE_PRIMARY) {
+        return 0;
+    }
+    while (qatomic_read(&s->holding)) {
+        qemu_co_queue_wait(&s->held, NULL);
+    }
+    /* Once dropped, the secondary is gone: nothing reaches it any more. */
+    return s->stage == COLO_REPL_STOPPED ? -EIO : 0;
+}
+
+static int colo_repl_write_done(BDRVColoReplicationState *s, int ret)
+{
+    if (ret < 0 && s->mode == REPLICATION_MODE_PRIMARY &&
+        s->stage == COLO_REPL_RUNNING && !s->write_error) {
+        s->write_error = ret;
+        trace_colo_repl_write_error(bdrv_get_node_name(s->bs), ret);
+    }
+    return ret;
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+colo_repl_co_preadv_part(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                         QEMUIOVector *qiov, size_t qiov_offset,
+                         BdrvRequestFlags flags)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->mode == REPLICATION_MODE_PRIMARY &&
+        s->stage == COLO_REPL_STOPPED) {
+        return -EIO;
+    }
+    return bdrv_co_preadv_part(bs->file, offset, bytes, qiov, qiov_offset,
+                               flags);
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+colo_repl_co_pwritev_part(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                          QEMUIOVector *qiov, size_t qiov_offset,
+                          BdrvRequestFlags flags)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+    int ret = colo_repl_primary_gate(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return colo_repl_write_done(s, bdrv_co_pwritev_part(bs->file, offset,
+                                                        bytes, qiov,
+                                                        qiov_offset, flags));
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+colo_repl_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                           int64_t bytes, BdrvRequestFlags flags)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+    int ret = colo_repl_primary_gate(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return colo_repl_write_done(s, bdrv_co_pwrite_zeroes(bs->file, offset,
+                                                         bytes, flags));
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+colo_repl_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+    int ret = colo_repl_primary_gate(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return colo_repl_write_done(s, bdrv_co_pdiscard(bs->file, offset, bytes));
+}
+
+static int coroutine_fn GRAPH_RDLOCK colo_repl_co_flush(BlockDriverState *bs)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->mode == REPLICATION_MODE_PRIMARY &&
+        s->stage == COLO_REPL_STOPPED) {
+        /* Nothing was written since the secondary was dropped. */
+        return 0;
+    }
+    return bdrv_co_flush(bs->file->bs);
+}
+
+/* ---- primary mode --------------------------------------------------- */
+
+static void colo_repl_release_bh(void *opaque)
+{
+    BDRVColoReplicationState *s = opaque;
+
+    qatomic_set(&s->holding, false);
+    qemu_co_enter_all(&s->held, NULL);
+    bdrv_dec_in_flight(s->bs);
+}
+
+/*
+ * Wake the held writes in the node's own context; counting the wake-up as
+ * in flight keeps the node (and @s) alive until it has run.
+ */
+static void colo_repl_release(BDRVColoReplicationState *s)
+{
+    if (!qatomic_read(&s->holding)) {
+        return;
+    }
+    trace_colo_repl_release(bdrv_get_node_name(s->bs));
+    bdrv_inc_in_flight(s->bs);
+    aio_bh_schedule_oneshot(bdrv_get_aio_context(s->bs),
+                            colo_repl_release_bh, s);
+}
+
+static void colo_repl_hold_writes(ReplicationState *rs)
+{
+    BDRVColoReplicationState *s = ((BlockDriverState *)rs->opaque)->opaque;
+
+    if (s->mode == REPLICATION_MODE_PRIMARY &&
+        s->stage == COLO_REPL_RUNNING) {
+        trace_colo_repl_hold(bdrv_get_node_name(s->bs));
+        qatomic_set(&s->holding, true);
+    }
+}
+
+static void colo_repl_release_writes(ReplicationState *rs)
+{
+    colo_repl_release(((BlockDriverState *)rs->opaque)->opaque);
+}
+
+/* ---- secondary mode ------------------------------------------------- */
+
+static BlockBackend *colo_repl_writer(BlockDriverState *bs, Error **errp)
+{
+    BlockBackend *blk = blk_new(bdrv_get_aio_context(bs), BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+
+    if (blk_insert_bs(blk, bs, errp) < 0) {
+        blk_unref(blk);
+        return NULL;
+    }
+    return blk;
+}
+
+/*
+ * Empty both overlays and re-arm copy-before-write: the secondary disk is
+ * the primary's disk at this checkpoint.
+ */
+static bool colo_repl_empty_overlays(BDRVColoReplicationState *s,
+                                     Error **errp)
+{
+    bool ok;
+
+    bdrv_drain_all_begin();
+    ok = blk_make_empty(s->active_blk, errp) == 0 &&
+         blk_make_empty(s->hidden_blk, errp) == 0;
+    if (ok && s->bcs) {
+        BdrvDirtyBitmap *to_copy = block_copy_dirty_bitmap(s->bcs);
+
+        bdrv_set_dirty_bitmap(to_copy, 0, bdrv_dirty_bitmap_size(to_copy));
+    }
+    bdrv_drain_all_end();
+    return ok;
+}
+
+static void colo_repl_secondary_release(BDRVColoReplicationState *s)
+{
+    if (s->cbw) {
+        bdrv_cbw_drop(s->cbw);
+        s->cbw = NULL;
+        s->bcs = NULL;
+    }
+    g_clear_pointer(&s->active_blk, blk_unref);
+    g_clear_pointer(&s->hidden_blk, blk_unref);
+    s->active = s->hidden = s->disk = NULL;
+}
+
+static bool colo_repl_check_overlay(BlockDriverState *overlay,
+                                    const char *what, const char *below,
+                                    Error **errp)
+{
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    if (!overlay->drv->bdrv_make_empty) {
+        error_setg(errp, "replication: the %s disk '%s' (%s) cannot be "
+                   "emptied at checkpoints; use qcow2", what,
+                   bdrv_get_node_name(overlay), overlay->drv->format_name);
+        return false;
+    }
+    if (!bdrv_cow_bs(overlay)) {
+        error_setg(errp, "replication: the %s disk '%s' has no backing "
+                   "(%s) disk", what, bdrv_get_node_name(overlay), below);
+        return false;
+    }
+    return true;
+}
+
+static bool colo_repl_secondary_start(BDRVColoReplicationState *s,
+                                      Error **errp)
+{
+    ERRP_GUARD();
+    BlockDriverState *active, *hidden, *disk;
+    int64_t len;
+
+    bdrv_graph_rdlock_main_loop();
+    active = s->bs->file->bs;
+    bdrv_graph_rdunlock_main_loop();
+    if (!colo_repl_check_overlay(active, "active", "hidden", errp)) {
+        return false;
+    }
+    bdrv_graph_rdlock_main_loop();
+    hidden = bdrv_cow_bs(active);
+    bdrv_graph_rdunlock_main_loop();
+    if (!colo_repl_check_overlay(hidden, "hidden", "secondary", errp)) {
+        return false;
+    }
+    bdrv_graph_rdlock_main_loop();
+    disk = bdrv_cow_bs(hidden);
+    len = bdrv_getlength(disk);
+    if (len < 0 || bdrv_getlength(active) != len ||
+        bdrv_getlength(hidden) != len) {
+        bdrv_graph_rdunlock_main_loop();
+        error_setg(errp, "replication: the active, hidden and secondary "
+                   "disks must have the same size");
+        return false;
+    }
+    bdrv_graph_rdunlock_main_loop();
+
+    if (s->top_id && !bdrv_lookup_bs(s->top_id, s->top_id, errp)) {
+        error_prepend(errp, "replication: top-id: ");
+        return false;
+    }
+    /* Backing files open read-only; these two are written from now on. */
+    if (bdrv_is_read_only(hidden) &&
+        bdrv_reopen_set_read_only(hidden, false, errp) < 0) {
+        return false;
+    }
+    if (bdrv_is_read_only(disk) &&
+        bdrv_reopen_set_read_only(disk, false, errp) < 0) {
+        return false;
+    }
+
+    s->active = active;
+    s->hidden = hidden;
+    s->disk = disk;
+    s->active_blk = colo_repl_writer(active, errp);
+    s->hidden_blk = s->active_blk ? colo_repl_writer(hidden, errp) : NULL;
+    if (!s->hidden_blk || !colo_repl_empty_overlays(s, errp)) {
+        goto fail;
+    }
+    s->cbw = bdrv_cbw_append(disk, hidden, NULL, false, 0, &s->bcs, errp);
+    if (!s->cbw) {
+        goto fail;
+    }
+    return true;
+
+fail:
+    error_prepend(errp, "replication: ");
+    colo_repl_secondary_release(s);
+    return false;
+}
+
+/*
+ * Fence the primary: close the exports through which it writes the
+ * secondary disk, so that a primary that is not quite dead cannot write
+ * to the disk the VM now runs on.
+ */
+static void colo_repl_fence_primary(BDRVColoReplicationState *s)
+{
+    g_autoptr(BlockExportInfoList) exports = qmp_query_block_exports(NULL);
+    const char *cbw_name = bdrv_get_node_name(s->cbw);
+    const char *disk_name = bdrv_get_node_name(s->disk);
+    BlockExportInfoList *e;
+
+    for (e = exports; e; e = e->next) {
+        if (!strcmp(e->value->node_name, cbw_name) ||
+            !strcmp(e->value->node_name, disk_name)) {
+            BlockExport *exp = blk_exp_find(e->value->id);
+
+            if (exp) {
+                trace_colo_repl_fence(bdrv_get_node_name(s->bs),
+                                      e->value->id);
+                blk_exp_request_shutdown(exp);
+            }
+        }
+    }
+}
+
+static bool colo_repl_secondary_failover(BDRVColoReplicationState *s,
+                                         Error **errp)
+{
+    BlockDriverState *active = s->active, *hidden = s->hidden;
+    BlockDriverState *disk = s->disk;
+    int64_t t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    int ret;
+
+    colo_repl_fence_primary(s);
+    bdrv_ref(disk);
+    colo_repl_secondary_release(s);
+
+    /* The SVM's writes over what the primary's writes overwrote. */
+    ret = bdrv_commit(active);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "replication: committing the active "
+                         "disk '%s' failed", bdrv_get_node_name(active));
+        goto out;
+    }
+    ret = bdrv_commit(hidden);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "replication: committing the hidden "
+                         "disk '%s' failed", bdrv_get_node_name(hidden));
+        goto out;
+    }
+    ret = bdrv_replace_child_bs(s->bs->file, disk, errp);
+    if (ret < 0) {
+        error_prepend(errp, "replication: ");
+        goto out;
+    }
+    trace_colo_repl_failover(bdrv_get_node_name(s->bs),
+                             qemu_clock_get_us(QEMU_CLOCK_REALTIME) - t_start);
+out:
+    bdrv_unref(disk);
+    return ret >= 0;
+}
+
+/* ---- ReplicationOps ------------------------------------------------- */
+
+static void colo_repl_set_stage(BDRVColoReplicationState *s,
+                                ColoReplicationStage stage)
+{
+    trace_colo_repl_stage(bdrv_get_node_name(s->bs),
+                          colo_repl_stage_name[s->stage],
+                          colo_repl_stage_name[stage]);
+    s->stage = stage;
+}
+
+static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
+                            Error **errp)
+{
+    BlockDriverState *bs = rs->opaque;
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->stage == COLO_REPL_FAILED_OVER) {
+        /* An ordinary disk now: a new COLO session protects it anew. */
+        return;
+    }
+    if (s->mode != mode) {
+        error_setg(errp, "replication: node '%s' is in %s mode, but COLO "
+                   "starts it as %s", bdrv_get_node_name(bs),
+                   ReplicationMode_str(s->mode), ReplicationMode_str(mode));
+        return;
+    }
+    if (s->stage == COLO_REPL_RUNNING) {
+        error_setg(errp, "replication: node '%s' is already started",
+                   bdrv_get_node_name(bs));
+        return;
+    }
+    if (mode == REPLICATION_MODE_SECONDARY &&
+        !colo_repl_secondary_start(s, errp)) {
+        return;
+    }
+    s->write_error = 0;
+    colo_repl_set_stage(s, COLO_REPL_RUNNING);
+}
+
+static void colo_repl_checkpoint(ReplicationState *rs, Error **errp)
+{
+    BlockDriverState *bs = rs->opaque;
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->stage != COLO_REPL_RUNNING) {
+        error_setg(errp, "replication: node '%s' is not started",
+                   bdrv_get_node_name(bs));
+        return;
+    }
+    if (s->mode == REPLICATION_MODE_SECONDARY &&
+        colo_repl_empty_overlays(s, errp)) {
+        trace_colo_repl_checkpoint(bdrv_get_node_name(bs));
+    }
+}
+
+static void colo_repl_get_error(ReplicationState *rs, Error **errp)
+{
+    BlockDriverState *bs = rs->opaque;
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->write_error) {
+        error_setg_errno(errp, -s->write_error, "replication: a write to "
+                         "the secondary through '%s' failed",
+                         bdrv_get_node_name(bs));
+    }
+}
+
+static void colo_repl_stop(ReplicationState *rs, bool failover, Error **errp)
+{
+    BlockDriverState *bs = rs->opaque;
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->stage != COLO_REPL_RUNNING) {
+        error_setg(errp, "replication: node '%s' is not started",
+                   bdrv_get_node_name(bs));
+        return;
+    }
+    if (s->mode == REPLICATION_MODE_PRIMARY) {
+        colo_repl_set_stage(s, COLO_REPL_STOPPED);
+        colo_repl_release(s);
+        return;
+    }
+    if (!failover) {
+        colo_repl_secondary_release(s);
+        colo_repl_set_stage(s, COLO_REPL_IDLE);
+        return;
+    }
+    /* Whatever happens, this node is out of COLO. */
+    colo_repl_set_stage(s, colo_repl_secondary_failover(s, errp)
+                        ? COLO_REPL_FAILED_OVER : COLO_REPL_IDLE);
+}
+
+static ReplicationOps colo_repl_ops = {
+    .start = colo_repl_start,
+    .stop = colo_repl_stop,
+    .checkpoint = colo_repl_checkpoint,
+    .get_error = colo_repl_get_error,
+    .hold_writes = colo_repl_hold_writes,
+    .release_writes = colo_repl_release_writes,
+};
+
+static void colo_repl_close(BlockDriverState *bs)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->stage == COLO_REPL_RUNNING) {
+        colo_repl_stop(s->rs, false, NULL);
+    }
+    replication_remove(s->rs);
+    g_free(s->top_id);
+}
+
+static BlockDriver bdrv_colo_replication = {
+    .format_name                = "replication",
+    .instance_size              = sizeof(BDRVColoReplicationState),
+    .is_filter                  = true,
+
+    .bdrv_open                  = colo_repl_open,
+    .bdrv_close                 = colo_repl_close,
+    .bdrv_child_perm            = colo_repl_child_perm,
+
+    .bdrv_co_getlength          = colo_repl_co_getlength,
+    .bdrv_co_preadv_part        = colo_repl_co_preadv_part,
+    .bdrv_co_pwritev_part       = colo_repl_co_pwritev_part,
+    .bdrv_co_pwrite_zeroes      = colo_repl_co_pwrite_zeroes,
+    .bdrv_co_pdiscard           = colo_repl_co_pdiscard,
+    .bdrv_co_flush              = colo_repl_co_flush,
+};
+
+static void bdrv_colo_replication_init(void)
+{
+    bdrv_register(&bdrv_colo_replication);
+}
+
+block_init(bdrv_colo_replication_init);
