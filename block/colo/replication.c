@@ -39,6 +39,7 @@
 #include "qemu/module.h"
 #include "qemu/option.h"
 #include "qemu/timer.h"
+#include "qemu/units.h"
 #include "block/block_int.h"
 #include "block/block-copy.h"
 #include "block/copy-before-write.h"
@@ -85,6 +86,7 @@ typedef struct BDRVColoReplicationState {
 } BDRVColoReplicationState;
 
 #define COLO_REPL_OPT_MODE "mode"
+#define COLO_REPL_COMMIT_CHUNK (1 * MiB)
 #define COLO_REPL_OPT_TOP_ID "top-id"
 
 static QemuOptsList colo_repl_runtime_opts = {
@@ -468,41 +470,98 @@ static void colo_repl_fence_primary(BDRVColoReplicationState *s)
     }
 }
 
+/*
+ * Write what @top holds itself (not its backing chain) into @disk.
+ * bdrv_commit() cannot be used: the overlays are named nodes whose
+ * backing links block committing from the middle of the chain.
+ */
+static bool colo_repl_commit_layer(BlockBackend *top, BlockBackend *disk,
+                                   Error **errp)
+{
+    BlockDriverState *bs = blk_bs(top);
+    int64_t len = blk_getlength(top), offset, pnum;
+    g_autofree uint8_t *buf = NULL;
+    int ret;
+
+    if (len < 0) {
+        error_setg_errno(errp, -len, "cannot get the size of '%s'",
+                         bdrv_get_node_name(bs));
+        return false;
+    }
+    buf = blk_blockalign(top, COLO_REPL_COMMIT_CHUNK);
+    for (offset = 0; offset < len; offset += pnum) {
+        bdrv_graph_rdlock_main_loop();
+        ret = bdrv_is_allocated(bs, offset,
+                                MIN(len - offset, COLO_REPL_COMMIT_CHUNK),
+                                &pnum);
+        bdrv_graph_rdunlock_main_loop();
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "cannot read the allocation of '%s'",
+                             bdrv_get_node_name(bs));
+            return false;
+        }
+        if (!ret) {
+            continue;
+        }
+        ret = blk_pread(top, offset, pnum, buf, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "reading '%s' failed",
+                             bdrv_get_node_name(bs));
+            return false;
+        }
+        ret = blk_pwrite(disk, offset, pnum, buf, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "writing '%s' failed",
+                             bdrv_get_node_name(blk_bs(disk)));
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool colo_repl_secondary_failover(BDRVColoReplicationState *s,
                                          Error **errp)
 {
-    BlockDriverState *active = s->active, *hidden = s->hidden;
-    BlockDriverState *disk = s->disk;
+    ERRP_GUARD();
     int64_t t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
-    int ret;
+    BlockDriverState *disk = s->disk;
+    BlockBackend *disk_blk;
+    bool ok = false;
 
     colo_repl_fence_primary(s);
-    bdrv_ref(disk);
-    colo_repl_secondary_release(s);
+    bdrv_cbw_drop(s->cbw);
+    s->cbw = NULL;
+    s->bcs = NULL;
 
-    /* The SVM's writes over what the primary's writes overwrote. */
-    ret = bdrv_commit(active);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "replication: committing the active "
-                         "disk '%s' failed", bdrv_get_node_name(active));
+    /*
+     * The pre-images the primary's writes overwrote, then the SVM's own
+     * writes over them: the disk is back at the checkpoint plus what the
+     * SVM wrote since.
+     */
+    disk_blk = colo_repl_writer(disk, errp);
+    if (!disk_blk ||
+        !colo_repl_commit_layer(s->hidden_blk, disk_blk, errp) ||
+        !colo_repl_commit_layer(s->active_blk, disk_blk, errp) ||
+        blk_flush(disk_blk) < 0) {
+        error_prepend(errp, "replication: committing the overlays failed: ");
         goto out;
     }
-    ret = bdrv_commit(hidden);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "replication: committing the hidden "
-                         "disk '%s' failed", bdrv_get_node_name(hidden));
+    if (!colo_repl_empty_overlays(s, errp)) {
         goto out;
     }
-    ret = bdrv_replace_child_bs(s->bs->file, disk, errp);
-    if (ret < 0) {
+    if (bdrv_replace_child_bs(s->bs->file, disk, errp) < 0) {
         error_prepend(errp, "replication: ");
         goto out;
     }
+    ok = true;
     trace_colo_repl_failover(bdrv_get_node_name(s->bs),
                              qemu_clock_get_us(QEMU_CLOCK_REALTIME) - t_start);
 out:
-    bdrv_unref(disk);
-    return ret >= 0;
+    if (disk_blk) {
+        blk_unref(disk_blk);
+    }
+    colo_repl_secondary_release(s);
+    return ok;
 }
 
 /* ---- ReplicationOps ------------------------------------------------- */

@@ -50,7 +50,8 @@ class QemuVM:
     def __init__(self, bed, name, workdir, tap=None, mem=256, accel=None,
                  append="", extra_args=(), incoming=None, kernel=None,
                  initrd=None, mac=GUEST_MAC, guest_ip=GUEST_IP,
-                 guest_port=GUEST_PORT, qmp_timeout=60.0, qemu=None):
+                 guest_port=GUEST_PORT, qmp_timeout=60.0, qemu=None,
+                 machine="pc"):
         self.bed = bed
         self.name = name
         self.dir = os.path.join(workdir, name)
@@ -68,6 +69,7 @@ class QemuVM:
         self.guest_port = guest_port
         self.qmp_timeout = qmp_timeout
         self.qemu = qemu            # another QEMU binary than the build's
+        self.machine = machine      # "none": no guest, block layer only
         self.sock_path = os.path.join(self.dir, "qmp.sock")
         self.serial_path = os.path.join(self.dir, "serial.log")
         self.stderr_path = os.path.join(self.dir, "stderr.log")
@@ -91,23 +93,25 @@ class QemuVM:
         return " ".join(parts)
 
     def args(self):
-        if self.kernel is None or self.initrd is None:
-            self.kernel, self.initrd = colo_env.guest_images()
         a = [self.qemu or colo_env.qemu_binary(),
              "-name", self.name,
-             "-machine", "pc",
-             "-accel", self.accel,
-             "-m", str(self.mem),
-             "-smp", "1",
+             "-machine", self.machine,
              "-nodefaults", "-no-user-config",
              "-display", "none",
-             "-serial", "file:%s" % self.serial_path,
              "-chardev", "socket,id=qmp0,path=%s,server=on,wait=off"
              % self.sock_path,
-             "-mon", "chardev=qmp0,mode=control",
-             "-kernel", self.kernel,
-             "-initrd", self.initrd,
-             "-append", self.kernel_cmdline()]
+             "-mon", "chardev=qmp0,mode=control"]
+        if self.machine == "none":
+            return a + self.extra_args
+        if self.kernel is None or self.initrd is None:
+            self.kernel, self.initrd = colo_env.guest_images()
+        a += ["-accel", self.accel,
+              "-m", str(self.mem),
+              "-smp", "1",
+              "-serial", "file:%s" % self.serial_path,
+              "-kernel", self.kernel,
+              "-initrd", self.initrd,
+              "-append", self.kernel_cmdline()]
         a += colo_env.firmware_args()
         if self.tap:
             a += ["-netdev", "tap,id=hn0,ifname=%s,script=no,downscript=no"
