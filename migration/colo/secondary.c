@@ -26,6 +26,7 @@
 #include "system/system.h"
 #include "migration/colo.h"
 #include "migration/migration.h"
+#include "migration/misc.h"
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
 #include "colo-internal.h"
@@ -44,6 +45,7 @@ typedef struct ColoSecondary {
     bool unusable;              /* the SVM or its disks are inconsistent */
     bool primary_alone;         /* the primary carries on without us */
     Error *err;
+    Error *disk_err;            /* the disks could not fail over */
 } ColoSecondary;
 
 static bool colo_secondary_load_devices(const uint8_t *buf, size_t len,
@@ -135,9 +137,16 @@ static void *colo_secondary_thread(void *opaque)
     struct iovec iov;
     bool running = true;
 
-    /* Protect the disks before the primary may write them (HELLO). */
+    /*
+     * Protect the disks before the primary may write them (HELLO).  An
+     * incoming migration activates them only once it ends; the SVM's are
+     * written from now on.  The block graph is changed outside the
+     * incoming coroutine.
+     */
     bql_lock();
-    replication_start_all(REPLICATION_MODE_SECONDARY, &c->err);
+    if (migration_block_activate(&c->err)) {
+        replication_start_all(REPLICATION_MODE_SECONDARY, &c->err);
+    }
     bql_unlock();
     if (c->err) {
         /* Nothing protects this SVM's disks: it must never run. */
@@ -181,6 +190,17 @@ static void *colo_secondary_thread(void *opaque)
         /* The primary must not wait for us, nor count on us. */
         colo_msg_send_error(c->to, c->loaded, c->err);
     }
+    /*
+     * The disks leave COLO here, outside the incoming coroutine: on a
+     * failover, back at the last checkpoint and the SVM's own.
+     */
+    bql_lock();
+    if (c->shutdown || c->unusable || c->primary_alone) {
+        replication_stop_all(false, NULL);
+    } else {
+        replication_stop_all(true, &c->disk_err);
+    }
+    bql_unlock();
     aio_co_schedule(qemu_get_aio_context(), c->co);
     return NULL;
 }
@@ -193,7 +213,6 @@ void colo_secondary_run(MigrationIncomingState *mis)
         .msg = g_byte_array_new(),
     };
     COLOExitReason reason;
-    Error *disk_err = NULL;
 
     if (!mis->to_src_file) {
         mis->to_src_file = qemu_file_get_return_path(c.from);
@@ -221,7 +240,6 @@ void colo_secondary_run(MigrationIncomingState *mis)
          * The incoming migration stays parked here; a shut-down pair ends
          * this QEMU too.
          */
-        replication_stop_all(false, NULL);
         colo_state_exit(c.shutdown ? COLO_EXIT_REASON_REQUEST
                                    : COLO_EXIT_REASON_ERROR, c.err);
         if (c.shutdown) {
@@ -236,12 +254,11 @@ void colo_secondary_run(MigrationIncomingState *mis)
      * which starts the SVM (or leaves it paused under -S).
      */
     reason = colo_failover_begin(&c.err);
-    replication_stop_all(true, &disk_err);
-    if (disk_err) {
+    if (c.disk_err) {
         /* A disk not back at the checkpoint: running would corrupt it. */
-        error_prepend(&disk_err, "failover aborted, the SVM will not run: ");
+        error_prepend(&c.disk_err, "failover aborted, the SVM will not run: ");
         error_free(c.err);
-        colo_state_exit(COLO_EXIT_REASON_ERROR, disk_err);
+        colo_state_exit(COLO_EXIT_REASON_ERROR, c.disk_err);
         colo_failover_end();
         qemu_coroutine_yield();
         return;

@@ -88,3 +88,13 @@ def guest_images():
             "test guest not built: missing %s (build it with "
             "tests/guest/build-guest.sh %s)" % (", ".join(missing), GUEST_DIR))
     return kernel, initrd
+
+
+def tool(name):
+    """A tool of the build next to the QEMU binary (qemu-img, qemu-io) or
+    of the guest's (colo-disk-verify); SetupError if not built."""
+    for d in (os.path.dirname(QEMU_BIN), GUEST_DIR):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    raise SetupError("%s is missing (build it first: make)" % name)

@@ -111,12 +111,16 @@ def standalone_bed(prefix):
 
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
                primary_args=(), secondary_args=(), via_proxy=False,
-               qemu=None, isolate_secondary=False):
+               qemu=None, isolate_secondary=False, disk=None):
     """Boot the primary, start the secondary and enter COLO (with QEMU
     binary QEMU, default the build's).  ISOLATE_SECONDARY takes the
     secondary's tap off the bridge, for a COLO whose secondary runs and
-    talks between checkpoints (the base's in periodic mode).  Returns
-    (primary, secondary, proxy or None)."""
+    talks between checkpoints (the base's in periodic mode).  DISK, a
+    colo_disk.ReplicatedDisk, gives the guest a disk protected by block
+    replication.  Returns (primary, secondary, proxy or None)."""
+    if disk is not None:
+        primary_args = list(primary_args) + disk.primary_args()
+        secondary_args = list(secondary_args) + disk.secondary_args()
     pvm = vm_factory("primary", tap="tap-p", append=append,
                      extra_args=list(primary_args), qemu=qemu)
     pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
@@ -128,14 +132,22 @@ def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
     if isolate_secondary:
         bed.ip("link", "set", "tap-s", "nomaster")
     proxy = StreamProxy(bed, workdir, port) if via_proxy else None
+    if disk is not None:
+        disk.protect(pvm, svm)
     for vm in (pvm, svm):
         vm.qmp("migrate-set-capabilities", X_COLO)
     pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay_ms,
                                        "max-bandwidth": 256 << 20})
     pvm.qmp("migrate", uri="tcp:127.0.0.1:%d"
             % (proxy.port if proxy else port))
-    wait_until(lambda: colo_status(pvm)["mode"] == "primary", COLO_TIMEOUT,
-               "the primary to enter COLO")
+    def primary_in_colo():
+        st = pvm.qmp("query-migrate")
+        if st.get("status") == "failed":
+            raise AssertionError("the migration to the secondary failed: %s"
+                                 % st.get("error-desc"))
+        return colo_status(pvm)["mode"] == "primary"
+
+    wait_until(primary_in_colo, COLO_TIMEOUT, "the primary to enter COLO")
     wait_until(lambda: colo_status(svm)["mode"] == "secondary", 60,
                "the secondary to enter COLO")
     assert pvm.qmp("query-migrate")["status"] == "colo"
