@@ -14,14 +14,11 @@ and the disks are checked on the host.
                     secondary's overlays empty (and they fill between)
 """
 
-import os
 import re
 
-import pytest
-
 from colo_disk import REPLICA, ReplicatedDisk
-from colo_pair import (checkpoint_stopped, colo_status, query_guest,
-                       start_pair, wait_until)
+from colo_pair import (checkpoint_stopped, checkpoints, colo_status,
+                       query_guest, start_pair, wait_checkpoints, wait_until)
 
 
 def guest_stats(bed):
@@ -82,3 +79,63 @@ def test_rollback(bed, vm_factory, workdir):
 def disk_seq_after_cont(bed, svm):
     svm.qmp("cont")
     return wait_writing(bed, 0)
+
+
+def test_acknowledged(bed, vm_factory, workdir):
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             append=disk.guest_append(), disk=disk)
+    # Each answer comes out once the checkpoint covering it is safe.
+    acked = [disk_seq(bed) for _ in range(15)]
+    assert acked == sorted(acked) and acked[-1] > acked[0], acked
+    pvm.kill()
+    svm.wait_event("COLO_EXIT", 30)
+    svm.wait_status({"running"}, 30)
+    svm.qmp("nbd-server-stop")
+    assert wait_writing(bed, acked[-1]) > acked[-1]
+    final = poweroff(bed, svm)
+    ok, report = disk.verify(disk.secondary_image, acked[-1])
+    assert ok, report
+    assert report["max_seq"] >= acked[-1] and final >= acked[-1]
+
+
+def test_secondary_dies(bed, vm_factory, workdir):
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             append=disk.guest_append(), disk=disk)
+    before = wait_writing(bed, 20)
+    svm.kill()
+    ev = pvm.wait_event("COLO_EXIT", 30)
+    assert ev["data"]["mode"] == "primary", ev
+    # Alone: the replica is of no use any more; the guest never noticed.
+    disk.drop_replica(pvm)
+    assert REPLICA not in disk.node_names(pvm)
+    after = wait_writing(bed, before + 50)
+    stats = guest_stats(bed)
+    assert stats["disk_errors"] == 0, stats
+    final = poweroff(bed, pvm)
+    assert final >= after
+    ok, report = disk.verify(disk.primary_image, final)
+    assert ok, report
+
+
+def test_overlays_empty(bed, vm_factory, workdir):
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             append=disk.guest_append(interval_ms=0),
+                             disk=disk)
+    wait_writing(bed, 20)
+    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+    for _ in range(3):
+        # Between checkpoints the primary's writes push what they
+        # overwrite into the hidden disk ...
+        wait_until(lambda: disk.overlay_bytes(svm)["colo-hidden"] > 0, 30,
+                   "the hidden disk to take pre-images", poll=0.1)
+        pvm.qmp("stop")
+        n = checkpoints(svm)
+        pvm.qmp("x-colo-checkpoint")
+        wait_checkpoints(svm, n)
+        # ... and a checkpoint empties both overlays.
+        assert disk.overlay_bytes(svm) == {"colo-hidden": 0,
+                                           "colo-active": 0}
+        pvm.qmp("cont")
