@@ -24,7 +24,7 @@ done < "$(dirname "$0")/base-colo-modules.txt"
 # our own modules implement those).
 syms="colo_init_ram_cache colo_flush_ram_cache colo_release_ram_cache
 colo_record_bitmap colo_incoming_start_dirty_log colo_compare_cleanup
-colo_notify_compares_event qmp_xen_colo_do_checkpoint colo_process_checkpoint
+colo_notify_compares_event colo_process_checkpoint
 colo_do_checkpoint_transaction colo_wait_handle_message colo_old_packet_check
 colo_compare_packet_payload replication_co_writev replication_co_readv
 colo_rewriter_receive_iov"

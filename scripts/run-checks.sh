@@ -24,7 +24,8 @@ fail() { failed=$((failed + 1)); failures+=("$1"); echo "FAIL: $1"; }
 # "unit-test-sources: FILE..." (paths relative to the repo, @BUILD@ for the
 # build folder).  A test of a module that uses QEMU's headers and utility
 # library says "unit-test-qemu: yes" and is built against the build's
-# configuration and libqemuutil.a.
+# configuration and libqemuutil.a; one that needs the block layer says
+# "unit-test-block: yes" and links it too.
 run_unit() {
     local t name srcs out flags
     local qemu_flags="-std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64
@@ -34,6 +35,12 @@ run_unit() {
     local qemu_libs="-Wl,--start-group $build/qemu/libqemuutil.a
         $build/qemu/libqom.a.p/*.o -Wl,--end-group $(pkg-config --libs glib-2.0)
         -lz -lm -pthread"
+    local block_objs="$build/qemu/libblock.a.p/*.o $build/qemu/libcrypto.a.p/*.o
+        $build/qemu/libio.a.p/*.o $build/qemu/libauthz.a.p/*.o
+        $build/qemu/libevent-loop-base.a.p/*.o"
+    local block_libs="-Wl,--start-group $block_objs $build/qemu/libqemuutil.a
+        $build/qemu/libqom.a.p/*.o -Wl,--end-group
+        $(pkg-config --libs glib-2.0) -laio -lz -lm -pthread"
     mkdir -p "$build/unit"
     for t in "$top"/tests/unit/test-*.c; do
         [ -e "$t" ] || continue
@@ -42,6 +49,8 @@ run_unit() {
         flags="-Wextra -I tests"
         if grep -q 'unit-test-qemu: yes' "$t"; then
             flags="$qemu_flags $qemu_libs"
+        elif grep -q 'unit-test-block: yes' "$t"; then
+            flags="$qemu_flags $block_libs"
         fi
         if ! (cd "$top" && cc -O1 -g -Wall -Werror -o "$build/unit/$name" \
                 "$t" $srcs $flags \

@@ -45,7 +45,7 @@ void replication_start_all(ReplicationMode mode, Error **errp)
     ERRP_GUARD();
     ReplicationState *rs, *undo;
 
-    assert(bql_locked());
+    GLOBAL_STATE_CODE();
     QLIST_FOREACH(rs, &replication_states, node) {
         if (!rs->ops->start) {
             continue;
@@ -70,7 +70,7 @@ void replication_do_checkpoint_all(Error **errp)
     ERRP_GUARD();
     ReplicationState *rs, *next;
 
-    assert(bql_locked());
+    GLOBAL_STATE_CODE();
     QLIST_FOREACH_SAFE(rs, &replication_states, node, next) {
         if (rs->ops->checkpoint) {
             rs->ops->checkpoint(rs, errp);
@@ -85,7 +85,7 @@ void replication_hold_writes_all(void)
 {
     ReplicationState *rs;
 
-    assert(bql_locked());
+    GLOBAL_STATE_CODE();
     QLIST_FOREACH(rs, &replication_states, node) {
         if (rs->ops->hold_writes) {
             rs->ops->hold_writes(rs);
@@ -97,7 +97,7 @@ void replication_release_writes_all(void)
 {
     ReplicationState *rs;
 
-    assert(bql_locked());
+    GLOBAL_STATE_CODE();
     QLIST_FOREACH(rs, &replication_states, node) {
         if (rs->ops->release_writes) {
             rs->ops->release_writes(rs);
@@ -110,7 +110,7 @@ void replication_get_error_all(Error **errp)
     ERRP_GUARD();
     ReplicationState *rs;
 
-    assert(bql_locked());
+    GLOBAL_STATE_CODE();
     QLIST_FOREACH(rs, &replication_states, node) {
         if (rs->ops->get_error) {
             rs->ops->get_error(rs, errp);
@@ -126,7 +126,7 @@ void replication_stop_all(bool failover, Error **errp)
 {
     ReplicationState *rs, *next;
 
-    assert(bql_locked());
+    GLOBAL_STATE_CODE();
     QLIST_FOREACH_SAFE(rs, &replication_states, node, next) {
         Error *local_err = NULL;
 

@@ -4,10 +4,12 @@
 Starts a primary and a secondary QEMU with the test guest in a private
 network namespace, puts them in COLO, runs the counter client against the
 guest's service, and prints the pair's checkpoint statistics every second:
-first with a 200 ms checkpoint period, then 1000 ms.  Then it checks that a
-checkpoint taken with the primary stopped leaves both memories equal, kills
-the primary (SIGKILL) and shows the secondary taking over while the client
-carries on, on the same TCP connection, and powers the guest off.
+first with a 200 ms checkpoint period, then 1000 ms.  The guest's disk is
+protected by block replication and written all along by the guest's disk
+writer.  Then it checks that a checkpoint taken with the primary stopped
+leaves both memories equal, kills the primary (SIGKILL) and shows the
+secondary taking over while the client carries on, on the same TCP
+connection, powers the guest off and checks the survivor's disk.
 Everything it made is removed at the end, also on Ctrl-C.
 
     sudo /usr/bin/python3 tests/colo/demo.py [--seconds N]
@@ -23,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colo_pair import (checkpoint_stopped, colo_status,  # noqa: E402
                        differing_pages, query_guest, save_memory,
                        standalone_bed, start_pair, wait_until)
+from colo_disk import ReplicatedDisk  # noqa: E402
 from counter_client import CounterClient, CounterLog  # noqa: E402
 
 
@@ -56,13 +59,16 @@ def run_demo(bed, make_vm, workdir, seconds):
     try:
         print("demo: booting the primary and entering COLO (namespace %s)"
               % bed.ns, flush=True)
+        disk = ReplicatedDisk(workdir)
         pvm, svm, _ = start_pair(bed, make_vm, workdir, delay_ms=200,
-                                 append="colo.dirty_mbps=5 colo.dirty_mb=64")
+                                 append="colo.dirty_mbps=5 colo.dirty_mb=64 "
+                                 + disk.guest_append(), disk=disk)
         client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
                                interval=0.02, timeout=30, duration=600)
         client.wait_replies(10, 60)
-        print("demo: in COLO; the guest dirties 5 MB/s, a client counts "
-              "through its service every 20 ms", flush=True)
+        print("demo: in COLO; the guest dirties 5 MB/s and writes its disk "
+              "(replicated over NBD) every 5 ms; a client counts through its "
+              "service every 20 ms", flush=True)
         t0 = time.monotonic()
         for delay in (200, 1000):
             pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay})
@@ -82,13 +88,15 @@ def run_demo(bed, make_vm, workdir, seconds):
         client.wait_replies(20, 60, after=time.monotonic())
 
         seen = CounterLog(client.out).last_value()
-        print("demo: killing the primary (SIGKILL); the client has seen %d"
-              % seen, flush=True)
+        acked = int(query_guest(bed, "disk"))
+        print("demo: killing the primary (SIGKILL); the client has seen %d, "
+              "and disk write %d complete" % (seen, acked), flush=True)
         t_kill = time.monotonic()
         pvm.proc.kill()
         pvm.proc.wait(timeout=30)
         ev = svm.wait_event("COLO_EXIT", 30)
         svm.wait_status({"running"}, 30)
+        svm.qmp("nbd-server-stop")
         print("demo: secondary left COLO (%s) and runs the guest"
               % ev["data"]["reason"], flush=True)
         client.wait_replies(50, 120, after=t_kill)
@@ -110,7 +118,12 @@ def run_demo(bed, make_vm, workdir, seconds):
         wait_until(lambda: not svm.is_running(), 60, svm.name)
         print("demo: the survivor exited with status %d"
               % svm.proc.returncode, flush=True)
-        return 0 if ok else 1
+        disk_ok, report = disk.verify(disk.secondary_image, acked)
+        print("demo: the survivor's disk %s every write seen complete before "
+              "the kill (up to %d, now %d), intact: %s"
+              % ("holds" if disk_ok else "DOES NOT HOLD", acked,
+                 report["max_seq"], report), flush=True)
+        return 0 if ok and disk_ok else 1
     finally:
         if client is not None:
             client.stop(timeout=5)
