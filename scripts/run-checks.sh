@@ -191,12 +191,15 @@ run_nocolo() {
     fi
     out=$(printf '%s\n' '{"execute":"qmp_capabilities"}' \
         '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"x-colo","state":true}]}}' \
-        '{"execute":"query-colo-status"}' '{"execute":"quit"}' |
+        '{"execute":"query-colo-status"}' \
+        '{"execute":"blockdev-add","arguments":{"driver":"replication","node-name":"r","mode":"primary","file":"f"}}' \
+        '{"execute":"quit"}' |
         timeout 60 "$nb/qemu/qemu-system-x86_64" -M none -nodefaults \
             -display none -qmp stdio 2>&1)
     if echo "$out" | grep -q '"desc": "COLO is not available in this QEMU binary"' &&
-       echo "$out" | grep -q '"class": "CommandNotFound"'; then
-        pass "disable-colo build refuses x-colo"
+       echo "$out" | grep -q '"class": "CommandNotFound"' &&
+       echo "$out" | grep -q "does not accept value 'replication'"; then
+        pass "disable-colo build refuses x-colo and has no replication driver"
     else
         echo "$out"
         fail "disable-colo build refuses x-colo"

@@ -120,9 +120,11 @@ def run_demo(bed, make_vm, workdir, seconds):
               % svm.proc.returncode, flush=True)
         disk_ok, report = disk.verify(disk.secondary_image, acked)
         print("demo: the survivor's disk %s every write seen complete before "
-              "the kill (up to %d, now %d), intact: %s"
+              "the kill (up to %d; it now ends at %d): %d valid blocks, "
+              "%d torn, %d missing, %d holes"
               % ("holds" if disk_ok else "DOES NOT HOLD", acked,
-                 report["max_seq"], report), flush=True)
+                 report["max_seq"], report["valid"], report["torn"],
+                 report["missing"], report["holes"]), flush=True)
         return 0 if ok and disk_ok else 1
     finally:
         if client is not None:
