@@ -272,18 +272,19 @@ static int coroutine_fn GRAPH_RDLOCK colo_repl_co_flush(BlockDriverState *bs)
 
 /* ---- primary mode --------------------------------------------------- */
 
-static void colo_repl_release_bh(void *opaque)
+static void colo_repl_wake_bh(void *opaque)
 {
     BDRVColoReplicationState *s = opaque;
 
-    qatomic_set(&s->holding, false);
+    /* Writes held again meanwhile go back to waiting. */
     qemu_co_enter_all(&s->held, NULL);
     bdrv_dec_in_flight(s->bs);
 }
 
 /*
- * Wake the held writes in the node's own context; counting the wake-up as
- * in flight keeps the node (and @s) alive until it has run.
+ * Let held writes go on.  They are woken in the node's own context;
+ * counting the wake-up as in flight keeps the node (and @s) alive until
+ * it has run, and makes a drain wait for it.
  */
 static void colo_repl_release(BDRVColoReplicationState *s)
 {
@@ -291,9 +292,10 @@ static void colo_repl_release(BDRVColoReplicationState *s)
         return;
     }
     trace_colo_repl_release(bdrv_get_node_name(s->bs));
+    qatomic_set(&s->holding, false);
     bdrv_inc_in_flight(s->bs);
-    aio_bh_schedule_oneshot(bdrv_get_aio_context(s->bs),
-                            colo_repl_release_bh, s);
+    aio_bh_schedule_oneshot(bdrv_get_aio_context(s->bs), colo_repl_wake_bh,
+                            s);
 }
 
 static void colo_repl_hold_writes(ReplicationState *rs)
@@ -604,14 +606,24 @@ static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
     colo_repl_set_stage(s, COLO_REPL_RUNNING);
 }
 
-static void colo_repl_checkpoint(ReplicationState *rs, Error **errp)
+static bool colo_repl_running(BlockDriverState *bs, Error **errp)
 {
-    BlockDriverState *bs = rs->opaque;
     BDRVColoReplicationState *s = bs->opaque;
 
     if (s->stage != COLO_REPL_RUNNING) {
         error_setg(errp, "replication: node '%s' is not started",
                    bdrv_get_node_name(bs));
+        return false;
+    }
+    return true;
+}
+
+static void colo_repl_checkpoint(ReplicationState *rs, Error **errp)
+{
+    BlockDriverState *bs = rs->opaque;
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (!colo_repl_running(bs, errp)) {
         return;
     }
     if (s->mode == REPLICATION_MODE_SECONDARY &&
@@ -637,9 +649,7 @@ static void colo_repl_stop(ReplicationState *rs, bool failover, Error **errp)
     BlockDriverState *bs = rs->opaque;
     BDRVColoReplicationState *s = bs->opaque;
 
-    if (s->stage != COLO_REPL_RUNNING) {
-        error_setg(errp, "replication: node '%s' is not started",
-                   bdrv_get_node_name(bs));
+    if (!colo_repl_running(bs, errp)) {
         return;
     }
     if (s->mode == REPLICATION_MODE_PRIMARY) {

@@ -326,6 +326,28 @@ static void write_cb(void *opaque, int ret)
     write_ret = ret;
 }
 
+/* A primary node over a raw image, started, writes held. */
+static BlockBackend *primary_held(const char *target)
+{
+    BlockBackend *blk;
+
+    open_node("target", "raw", target, NULL, NULL, NULL);
+    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
+                            "primary"));
+    ck_assert_ptr_null(start(REPLICATION_MODE_PRIMARY));
+    replication_hold_writes_all();
+    return blk;
+}
+
+static void write_async(BlockBackend *blk, int64_t offset, uint8_t *buf,
+                        QEMUIOVector *qiov)
+{
+    memset(buf, 0x77, CHUNK);
+    qemu_iovec_init_buf(qiov, buf, CHUNK);
+    write_done = false;
+    blk_aio_pwritev(blk, offset, qiov, 0, write_cb, NULL);
+}
+
 static void poll_until_done(void)
 {
     for (int i = 0; i < 10000 && !write_done; i++) {
@@ -334,6 +356,21 @@ static void poll_until_done(void)
     ck_assert(write_done);
 }
 
+START_TEST(primary_passes_through_before_start)
+{
+    g_autofree char *target = image("target.raw", "raw", 0);
+    BlockBackend *blk;
+
+    open_node("target", "raw", target, NULL, NULL, NULL);
+    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
+                            "primary"));
+    /* Before COLO (the initial migration): writes go straight through. */
+    replication_hold_writes_all();
+    ck_assert_int_eq(write_pattern(blk, 0, 0x66), 0);
+    ck_assert_int_eq(file_byte(target, 0), 0x66);
+}
+END_TEST
+
 START_TEST(primary_holds_writes)
 {
     g_autofree char *target = image("target.raw", "raw", 0);
@@ -341,19 +378,8 @@ START_TEST(primary_holds_writes)
     QEMUIOVector qiov;
     g_autofree uint8_t *buf = g_malloc(CHUNK);
 
-    open_node("target", "raw", target, NULL, NULL, NULL);
-    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
-                            "primary"));
-    /* Not started: writes pass through. */
-    ck_assert_int_eq(write_pattern(blk, 0, 0x66), 0);
-    ck_assert_int_eq(file_byte(target, 0), 0x66);
-
-    ck_assert_ptr_null(start(REPLICATION_MODE_PRIMARY));
-    replication_hold_writes_all();
-    memset(buf, 0x77, CHUNK);
-    qemu_iovec_init_buf(&qiov, buf, CHUNK);
-    write_done = false;
-    blk_aio_pwritev(blk, CHUNK, &qiov, 0, write_cb, NULL);
+    blk = primary_held(target);
+    write_async(blk, CHUNK, buf, &qiov);
     for (int i = 0; i < 100; i++) {
         aio_poll(qemu_get_aio_context(), false);
     }
@@ -377,15 +403,8 @@ START_TEST(primary_stop_releases_and_detaches)
     QEMUIOVector qiov;
     g_autofree uint8_t *buf = g_malloc(CHUNK);
 
-    open_node("target", "raw", target, NULL, NULL, NULL);
-    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
-                            "primary"));
-    ck_assert_ptr_null(start(REPLICATION_MODE_PRIMARY));
-    replication_hold_writes_all();
-    memset(buf, 0x77, CHUNK);
-    qemu_iovec_init_buf(&qiov, buf, CHUNK);
-    write_done = false;
-    blk_aio_pwritev(blk, 0, &qiov, 0, write_cb, NULL);
+    blk = primary_held(target);
+    write_async(blk, 0, buf, &qiov);
     aio_poll(qemu_get_aio_context(), false);
     ck_assert(!write_done);
 
@@ -486,6 +505,7 @@ static Suite *replication_suite(void)
     tcase_add_test(tc, secondary_missing_overlays);
     tcase_add_test(tc, wrong_mode_and_state);
     tcase_add_test(tc, failed_start_undoes);
+    tcase_add_test(tc, primary_passes_through_before_start);
     tcase_add_test(tc, primary_holds_writes);
     tcase_add_test(tc, primary_stop_releases_and_detaches);
     tcase_add_test(tc, primary_write_error_is_reported);
