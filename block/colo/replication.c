@@ -388,6 +388,18 @@ static bool colo_repl_secondary_start(BDRVColoReplicationState *s,
     BlockDriverState *active, *hidden, *disk;
     int64_t len;
 
+    /*
+     * An incoming migration activates its disks only once it ends; this
+     * chain is written from now on.  Only this chain: a disk the pair
+     * shares stays with the primary until failover.
+     */
+    bdrv_graph_rdlock_main_loop();
+    bdrv_activate(s->bs, errp);
+    bdrv_graph_rdunlock_main_loop();
+    if (*errp) {
+        error_prepend(errp, "replication: ");
+        return false;
+    }
     bdrv_graph_rdlock_main_loop();
     active = s->bs->file->bs;
     bdrv_graph_rdunlock_main_loop();

@@ -26,7 +26,6 @@
 #include "system/system.h"
 #include "migration/colo.h"
 #include "migration/migration.h"
-#include "migration/misc.h"
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
 #include "colo-internal.h"
@@ -138,15 +137,11 @@ static void *colo_secondary_thread(void *opaque)
     bool running = true;
 
     /*
-     * Protect the disks before the primary may write them (HELLO).  An
-     * incoming migration activates them only once it ends; the SVM's are
-     * written from now on.  The block graph is changed outside the
-     * incoming coroutine.
+     * Protect the disks before the primary may write them (HELLO).  The
+     * block graph is changed outside the incoming coroutine.
      */
     bql_lock();
-    if (migration_block_activate(&c->err)) {
-        replication_start_all(REPLICATION_MODE_SECONDARY, &c->err);
-    }
+    replication_start_all(REPLICATION_MODE_SECONDARY, &c->err);
     bql_unlock();
     if (c->err) {
         /* Nothing protects this SVM's disks: it must never run. */
