@@ -80,7 +80,8 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
                    seq, c->loaded);
         return false;
     }
-    if (len < 8 || (ram_len = ldq_be_p(body)) > len - 8) {
+    ram_len = len < 8 ? 0 : ldq_be_p(body);
+    if (len < 8 || ram_len > len - 8) {
         error_setg(errp, "COLO checkpoint %" PRIu64 " is malformed", seq);
         return false;
     }
@@ -245,8 +246,9 @@ void colo_secondary_run(MigrationIncomingState *mis)
     }
     /*
      * Failover, asked for or because the replication stream is gone: take
-     * over from the last loaded checkpoint.  The incoming migration finishes as usual from here,
-     * which starts the SVM (or leaves it paused under -S).
+     * over from the last loaded checkpoint.  The incoming migration
+     * finishes as usual from here, which starts the SVM (or leaves it
+     * paused under -S).
      */
     reason = colo_failover_begin(&c.err);
     if (c.disk_err) {
