@@ -3,20 +3,30 @@
  * replication registers here, and the COLO frame drives them all at once
  * (include/block/replication.h).
  *
- * The frame calls these from its own thread with the BQL held; node
- * creation and deletion happen under the BQL too, so the BQL is the lock
- * of the list.
+ * The frame calls these from its own thread with the BQL held, except
+ * replication_release_writes_all(): the main loop may be draining a node
+ * whose writes are held (a "stop" in the middle of a checkpoint), and
+ * waits for that release with the BQL held.  Nodes are added and removed
+ * under the BQL and @replication_lock, so holding either one keeps the
+ * list still.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/lockable.h"
 #include "qemu/main-loop.h"
 #include "block/replication.h"
 
 static QLIST_HEAD(, ReplicationState) replication_states =
     QLIST_HEAD_INITIALIZER(replication_states);
+static QemuMutex replication_lock;
+
+static void __attribute__((__constructor__)) replication_registry_init(void)
+{
+    qemu_mutex_init(&replication_lock);
+}
 
 ReplicationState *replication_new(void *opaque, ReplicationOps *ops)
 {
@@ -24,14 +34,18 @@ ReplicationState *replication_new(void *opaque, ReplicationOps *ops)
 
     rs->opaque = opaque;
     rs->ops = ops;
-    QLIST_INSERT_HEAD(&replication_states, rs, node);
+    WITH_QEMU_LOCK_GUARD(&replication_lock) {
+        QLIST_INSERT_HEAD(&replication_states, rs, node);
+    }
     return rs;
 }
 
 void replication_remove(ReplicationState *rs)
 {
     if (rs) {
-        QLIST_REMOVE(rs, node);
+        WITH_QEMU_LOCK_GUARD(&replication_lock) {
+            QLIST_REMOVE(rs, node);
+        }
         g_free(rs);
     }
 }
@@ -86,6 +100,7 @@ void replication_hold_writes_all(void)
     ReplicationState *rs;
 
     GLOBAL_STATE_CODE();
+    QEMU_LOCK_GUARD(&replication_lock);
     QLIST_FOREACH(rs, &replication_states, node) {
         if (rs->ops->hold_writes) {
             rs->ops->hold_writes(rs);
@@ -97,7 +112,7 @@ void replication_release_writes_all(void)
 {
     ReplicationState *rs;
 
-    GLOBAL_STATE_CODE();
+    QEMU_LOCK_GUARD(&replication_lock);
     QLIST_FOREACH(rs, &replication_states, node) {
         if (rs->ops->release_writes) {
             rs->ops->release_writes(rs);

@@ -73,6 +73,8 @@ typedef struct BDRVColoReplicationState {
     /* Primary mode */
     bool holding;               /* writes wait for release_writes */
     CoQueue held;
+    QEMUTimer *drained_hold;    /* bounds a hold while drained */
+    bool abandoned;             /* held too long while drained */
     int write_error;            /* first failed write to the secondary */
 
     /* Secondary mode, while running */
@@ -87,6 +89,11 @@ typedef struct BDRVColoReplicationState {
 
 #define COLO_REPL_OPT_MODE "mode"
 #define COLO_REPL_COMMIT_CHUNK (1 * MiB)
+/*
+ * How long a drained node keeps writes held for a checkpoint the
+ * secondary has not acknowledged before it gives the secondary up.
+ */
+#define COLO_REPL_DRAINED_HOLD_MS 2000
 #define COLO_REPL_OPT_TOP_ID "top-id"
 
 static QemuOptsList colo_repl_runtime_opts = {
@@ -106,6 +113,7 @@ static QemuOptsList colo_repl_runtime_opts = {
 };
 
 static ReplicationOps colo_repl_ops;
+static void colo_repl_drained_hold_expired(void *opaque);
 
 static int colo_repl_open(BlockDriverState *bs, QDict *options, int flags,
                           Error **errp)
@@ -146,6 +154,9 @@ static int colo_repl_open(BlockDriverState *bs, QDict *options, int flags,
 
     s->bs = bs;
     qemu_co_queue_init(&s->held);
+    s->drained_hold = aio_timer_new(bdrv_get_aio_context(bs),
+                                    QEMU_CLOCK_REALTIME, SCALE_MS,
+                                    colo_repl_drained_hold_expired, s);
     s->rs = replication_new(bs, &colo_repl_ops);
     trace_colo_repl_open(bdrv_get_node_name(bs),
                          ReplicationMode_str(s->mode));
@@ -188,7 +199,7 @@ static int coroutine_fn colo_repl_primary_gate(BDRVColoReplicationState *s)
         qemu_co_queue_wait(&s->held, NULL);
     }
     /* Once dropped, the secondary is gone: nothing reaches it any more. */
-    return s->stage == COLO_REPL_STOPPED ? -EIO : 0;
+    return s->stage == COLO_REPL_STOPPED || s->abandoned ? -EIO : 0;
 }
 
 static int colo_repl_write_done(BDRVColoReplicationState *s, int ret)
@@ -298,12 +309,51 @@ static void colo_repl_release(BDRVColoReplicationState *s)
                             s);
 }
 
+/*
+ * A drain waits for the held writes.  Draining for a checkpoint's stop or
+ * a "stop" is short: the release does not need the BQL.  But a drain while
+ * the secondary is silent (removing the replica before failing over)
+ * would wait for ever, with the BQL held, so the hold is bounded then:
+ * the held writes fail, which the quorum absorbs, and the secondary is
+ * dropped (the next checkpoint reports it).
+ */
+static void colo_repl_drained_hold_expired(void *opaque)
+{
+    BDRVColoReplicationState *s = opaque;
+
+    if (qatomic_read(&s->holding)) {
+        trace_colo_repl_drained_hold_expired(bdrv_get_node_name(s->bs));
+        s->abandoned = true;
+        colo_repl_release(s);
+    }
+}
+
+static void colo_repl_drain_begin(BlockDriverState *bs)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+
+    /* (Opening the child drains before the timer exists.) */
+    if (s->drained_hold && qatomic_read(&s->holding)) {
+        timer_mod(s->drained_hold, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                  COLO_REPL_DRAINED_HOLD_MS);
+    }
+}
+
+static void colo_repl_drain_end(BlockDriverState *bs)
+{
+    BDRVColoReplicationState *s = bs->opaque;
+
+    if (s->drained_hold) {
+        timer_del(s->drained_hold);
+    }
+}
+
 static void colo_repl_hold_writes(ReplicationState *rs)
 {
     BDRVColoReplicationState *s = ((BlockDriverState *)rs->opaque)->opaque;
 
     if (s->mode == REPLICATION_MODE_PRIMARY &&
-        s->stage == COLO_REPL_RUNNING) {
+        s->stage == COLO_REPL_RUNNING && !s->abandoned) {
         trace_colo_repl_hold(bdrv_get_node_name(s->bs));
         qatomic_set(&s->holding, true);
     }
@@ -615,6 +665,7 @@ static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
         return;
     }
     s->write_error = 0;
+    s->abandoned = false;
     colo_repl_set_stage(s, COLO_REPL_RUNNING);
 }
 
@@ -649,7 +700,12 @@ static void colo_repl_get_error(ReplicationState *rs, Error **errp)
     BlockDriverState *bs = rs->opaque;
     BDRVColoReplicationState *s = bs->opaque;
 
-    if (s->write_error) {
+    if (s->abandoned) {
+        error_setg(errp, "replication: node '%s' was drained while its "
+                   "writes waited for a checkpoint the secondary did not "
+                   "acknowledge; the secondary is dropped",
+                   bdrv_get_node_name(bs));
+    } else if (s->write_error) {
         error_setg_errno(errp, -s->write_error, "replication: a write to "
                          "the secondary through '%s' failed",
                          bdrv_get_node_name(bs));
@@ -696,6 +752,7 @@ static void colo_repl_close(BlockDriverState *bs)
         colo_repl_stop(s->rs, false, NULL);
     }
     replication_remove(s->rs);
+    timer_free(s->drained_hold);
     g_free(s->top_id);
 }
 
@@ -707,6 +764,8 @@ static BlockDriver bdrv_colo_replication = {
     .bdrv_open                  = colo_repl_open,
     .bdrv_close                 = colo_repl_close,
     .bdrv_child_perm            = colo_repl_child_perm,
+    .bdrv_drain_begin           = colo_repl_drain_begin,
+    .bdrv_drain_end             = colo_repl_drain_end,
 
     .bdrv_co_getlength          = colo_repl_co_getlength,
     .bdrv_co_preadv_part        = colo_repl_co_preadv_part,

@@ -128,9 +128,10 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
         return false;
     }
     t_received = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    /* Not under the BQL: a drain in the main loop may be waiting for it. */
+    replication_release_writes_all();
     bql_lock();
     colo_output_release();
-    replication_release_writes_all();
     bql_unlock();
     if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, p->reply, errp)) {
         return false;

@@ -15,6 +15,7 @@ and the disks are checked on the host.
 """
 
 import re
+import time
 
 from colo_disk import REPLICA, ReplicatedDisk
 from colo_pair import (checkpoint_stopped, checkpoints, colo_status,
@@ -34,6 +35,14 @@ def disk_seq(bed):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def image_still(path, seconds=0.3):
+    """The image did not change over SECONDS (the writer writes every few
+    ms while it can)."""
+    a = read(path)
+    time.sleep(seconds)
+    return read(path) == a
 
 
 def wait_writing(bed, above, timeout=60):
@@ -139,3 +148,58 @@ def test_overlays_empty(bed, vm_factory, workdir):
         assert disk.overlay_bytes(svm) == {"colo-hidden": 0,
                                            "colo-active": 0}
         pvm.qmp("cont")
+
+
+def test_stop_during_checkpoints(bed, vm_factory, workdir):
+    """'stop' on the primary drains its disks; landing while writes are
+    held for a checkpoint it must wait for that checkpoint, not hang."""
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=10,
+                             append=disk.guest_append(interval_ms=0),
+                             disk=disk)
+    wait_writing(bed, 20)
+    n = checkpoints(svm)
+    for _ in range(40):
+        pvm.qmp("stop")
+        pvm.qmp("cont")
+        wait_checkpoints(svm, n)
+        n = checkpoints(svm)
+    assert colo_status(pvm)["mode"] == "primary"
+    assert colo_status(svm)["mode"] == "secondary"
+    assert guest_stats(bed)["disk_errors"] == 0
+
+
+def test_replica_removed_before_failover(bed, vm_factory, workdir):
+    """A management tool that removes the replica before telling the
+    primary the secondary is gone (the order of QEMU's COLO-FT guide):
+    the secondary is silent, writes are held for its acknowledgement, and
+    removing the child drains them.  The drain ends (the hold is bounded
+    then), the secondary is dropped and the guest sees no disk error."""
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, proxy = start_pair(
+        bed, vm_factory, workdir, delay_ms=100, append=disk.guest_append(),
+        disk=disk, via_proxy=True,
+        primary_args=["-trace", "colo_repl_drained_hold_expired"])
+    try:
+        before = wait_writing(bed, 20)
+        assert proxy.command("freeze") == "ok"
+        # The next checkpoint is never acknowledged: the guest's next write
+        # is held on the replica, and the writer (one write at a time)
+        # stops, on the primary's own image too.
+        wait_until(lambda: image_still(disk.primary_image), 30,
+                   "the guest's writes to be held")
+        svm.kill()
+        disk.drop_replica(pvm)
+        assert REPLICA not in disk.node_names(pvm)
+        with open(pvm.stderr_path) as f:
+            assert "colo_repl_drained_hold_expired" in f.read()
+        pvm.qmp("x-colo-lost-heartbeat")
+        pvm.wait_event("COLO_EXIT", 30)
+        after = wait_writing(bed, before + 50)
+        assert guest_stats(bed)["disk_errors"] == 0
+        final = poweroff(bed, pvm)
+        assert final >= after
+        ok, report = disk.verify(disk.primary_image, final)
+        assert ok, report
+    finally:
+        proxy.close()

@@ -418,6 +418,36 @@ START_TEST(primary_stop_releases_and_detaches)
 }
 END_TEST
 
+START_TEST(primary_drained_hold_is_bounded)
+{
+    g_autofree char *target = image("target.raw", "raw", 0);
+    g_autofree uint8_t *buf = g_malloc(CHUNK);
+    BlockDriverState *bs;
+    BlockBackend *blk;
+    QEMUIOVector qiov;
+    Error *err = NULL;
+
+    blk = primary_held(target);
+    bs = bdrv_find_node("repl");
+    write_async(blk, 0, buf, &qiov);
+    aio_poll(qemu_get_aio_context(), false);
+    ck_assert(!write_done);
+
+    /*
+     * Draining waits for the held write; with no release coming (a silent
+     * secondary) the hold gives up after a bound instead of for ever.
+     */
+    bdrv_drained_begin(bs);
+    ck_assert(write_done);
+    ck_assert_int_eq(write_ret, -EIO);
+    bdrv_drained_end(bs);
+    ck_assert_int_eq(file_byte(target, 0), 0);
+    replication_get_error_all(&err);
+    ck_assert_error(err, "the secondary is dropped");
+    ck_assert_int_eq(write_pattern(blk, CHUNK, 0x88), -EIO);
+}
+END_TEST
+
 START_TEST(primary_write_error_is_reported)
 {
     g_autofree char *target = image("target.raw", "raw", 0);
@@ -508,6 +538,7 @@ static Suite *replication_suite(void)
     tcase_add_test(tc, primary_passes_through_before_start);
     tcase_add_test(tc, primary_holds_writes);
     tcase_add_test(tc, primary_stop_releases_and_detaches);
+    tcase_add_test(tc, primary_drained_hold_is_bounded);
     tcase_add_test(tc, primary_write_error_is_reported);
     tcase_add_test(tc, bad_options);
     suite_add_tcase(s, tc);
