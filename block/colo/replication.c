@@ -189,6 +189,13 @@ colo_repl_co_getlength(BlockDriverState *bs)
     return bdrv_co_getlength(bs->file->bs);
 }
 
+/* Primary mode: the secondary is dropped, nothing reaches it any more. */
+static bool colo_repl_detached(BDRVColoReplicationState *s)
+{
+    return s->mode == REPLICATION_MODE_PRIMARY &&
+           (s->stage == COLO_REPL_STOPPED || s->abandoned);
+}
+
 /* Primary mode: a replicated request may go on to the secondary. */
 static int coroutine_fn colo_repl_primary_gate(BDRVColoReplicationState *s)
 {
@@ -198,8 +205,7 @@ static int coroutine_fn colo_repl_primary_gate(BDRVColoReplicationState *s)
     while (qatomic_read(&s->holding)) {
         qemu_co_queue_wait(&s->held, NULL);
     }
-    /* Once dropped, the secondary is gone: nothing reaches it any more. */
-    return s->stage == COLO_REPL_STOPPED || s->abandoned ? -EIO : 0;
+    return colo_repl_detached(s) ? -EIO : 0;
 }
 
 static int colo_repl_write_done(BDRVColoReplicationState *s, int ret)
@@ -219,8 +225,7 @@ colo_repl_co_preadv_part(BlockDriverState *bs, int64_t offset, int64_t bytes,
 {
     BDRVColoReplicationState *s = bs->opaque;
 
-    if (s->mode == REPLICATION_MODE_PRIMARY &&
-        s->stage == COLO_REPL_STOPPED) {
+    if (colo_repl_detached(s)) {
         return -EIO;
     }
     return bdrv_co_preadv_part(bs->file, offset, bytes, qiov, qiov_offset,
@@ -273,8 +278,7 @@ static int coroutine_fn GRAPH_RDLOCK colo_repl_co_flush(BlockDriverState *bs)
 {
     BDRVColoReplicationState *s = bs->opaque;
 
-    if (s->mode == REPLICATION_MODE_PRIMARY &&
-        s->stage == COLO_REPL_STOPPED) {
+    if (colo_repl_detached(s)) {
         /* Nothing was written since the secondary was dropped. */
         return 0;
     }
