@@ -179,15 +179,26 @@ def test_replica_removed_before_failover(bed, vm_factory, workdir):
     pvm, svm, proxy = start_pair(
         bed, vm_factory, workdir, delay_ms=100, append=disk.guest_append(),
         disk=disk, via_proxy=True,
-        primary_args=["-trace", "colo_repl_drained_hold_expired"])
+        primary_args=["-trace", "colo_repl_*", "-trace", "colo_checkpoint_*"])
     try:
         before = wait_writing(bed, 20)
+        # No checkpoint in flight (the primary stopped, periodic ones off,
+        # both sides counted the last one), then the network goes silent.
+        checkpoint_stopped(pvm, svm)
+        wait_until(lambda: checkpoints(pvm) == checkpoints(svm), 30,
+                   "the primary to count the last checkpoint")
         assert proxy.command("freeze") == "ok"
-        # The next checkpoint is never acknowledged: the guest's next write
-        # is held on the replica, and the writer (one write at a time)
-        # stops, on the primary's own image too.
-        wait_until(lambda: image_still(disk.primary_image), 30,
-                   "the guest's writes to be held")
+        # This checkpoint is never acknowledged: the guest's next write is
+        # held on the replica, and the writer (one write at a time) stops,
+        # on the primary's own image too.
+        pvm.qmp("x-colo-checkpoint")
+        pvm.qmp("cont")
+        try:
+            wait_until(lambda: image_still(disk.primary_image), 30,
+                       "the guest's writes to be held")
+        except AssertionError:
+            raise AssertionError("writes not held; primary's trace:\n"
+                                 + pvm.log_tail(4000))
         svm.kill()
         disk.drop_replica(pvm)
         assert REPLICA not in disk.node_names(pvm)
