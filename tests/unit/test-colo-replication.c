@@ -232,6 +232,29 @@ START_TEST(secondary_cycle)
 }
 END_TEST
 
+START_TEST(checkpoint_discards_svm_writes)
+{
+    Secondary s;
+
+    secondary_open(&s);
+    ck_assert_ptr_null(start(REPLICATION_MODE_SECONDARY));
+    /* Nothing written: a checkpoint has nothing to empty. */
+    ck_assert_ptr_null(checkpoint());
+    /* Only the SVM wrote: the checkpoint brings it back to the primary's. */
+    ck_assert_int_eq(write_pattern(s.svm, MiB, 0x44), 0);
+    ck_assert(allocated(s.active, MiB));
+    ck_assert_ptr_null(checkpoint());
+    ck_assert(!allocated(s.active, MiB));
+    ck_assert_int_eq(read_byte(s.svm, MiB), 0x11);
+    /* Only the primary wrote: its pre-image goes, its data shows. */
+    ck_assert_int_eq(write_pattern(s.primary, MiB, 0x22), 0);
+    ck_assert(allocated(s.hidden, MiB));
+    ck_assert_ptr_null(checkpoint());
+    ck_assert(!allocated(s.hidden, MiB));
+    ck_assert_int_eq(read_byte(s.svm, MiB), 0x22);
+}
+END_TEST
+
 START_TEST(secondary_stop_without_failover)
 {
     Secondary s;
@@ -531,6 +554,7 @@ static Suite *replication_suite(void)
     /* Each test runs in its own process (Check's fork mode). */
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, secondary_cycle);
+    tcase_add_test(tc, checkpoint_discards_svm_writes);
     tcase_add_test(tc, secondary_stop_without_failover);
     tcase_add_test(tc, secondary_missing_overlays);
     tcase_add_test(tc, wrong_mode_and_state);
