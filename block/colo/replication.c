@@ -122,6 +122,7 @@ static int colo_repl_open(BlockDriverState *bs, QDict *options, int flags,
     ERRP_GUARD();
     BDRVColoReplicationState *s = bs->opaque;
     g_autoptr(QemuOpts) opts = NULL;
+    g_autofree char *top_id = NULL;
     const char *mode;
     int ret;
 
@@ -141,8 +142,8 @@ static int colo_repl_open(BlockDriverState *bs, QDict *options, int flags,
                    "(expected 'primary' or 'secondary')", mode);
         return -EINVAL;
     }
-    s->top_id = g_strdup(qemu_opt_get(opts, COLO_REPL_OPT_TOP_ID));
-    if (s->top_id && s->mode == REPLICATION_MODE_PRIMARY) {
+    top_id = g_strdup(qemu_opt_get(opts, COLO_REPL_OPT_TOP_ID));
+    if (top_id && s->mode == REPLICATION_MODE_PRIMARY) {
         error_setg(errp, "replication: 'top-id' is only for secondary mode");
         return -EINVAL;
     }
@@ -154,6 +155,7 @@ static int colo_repl_open(BlockDriverState *bs, QDict *options, int flags,
     }
 
     s->bs = bs;
+    s->top_id = g_steal_pointer(&top_id);
     qemu_co_queue_init(&s->held);
     s->drained_hold = aio_timer_new(bdrv_get_aio_context(bs),
                                     QEMU_CLOCK_REALTIME, SCALE_MS,
