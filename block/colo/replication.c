@@ -78,8 +78,6 @@ typedef struct BDRVColoReplicationState {
     int write_error;            /* first failed write to the secondary */
 
     /* Secondary mode, while running */
-    BlockDriverState *active;
-    BlockDriverState *hidden;
     BlockDriverState *disk;     /* the secondary disk */
     BlockBackend *active_blk;   /* write access for emptying */
     BlockBackend *hidden_blk;
@@ -428,7 +426,7 @@ static void colo_repl_secondary_release(BDRVColoReplicationState *s)
     }
     g_clear_pointer(&s->active_blk, blk_unref);
     g_clear_pointer(&s->hidden_blk, blk_unref);
-    s->active = s->hidden = s->disk = NULL;
+    s->disk = NULL;
 }
 
 static bool colo_repl_check_overlay(BlockDriverState *overlay,
@@ -508,8 +506,6 @@ static bool colo_repl_secondary_start(BDRVColoReplicationState *s,
         return false;
     }
 
-    s->active = active;
-    s->hidden = hidden;
     s->disk = disk;
     s->active_blk = colo_repl_writer(active, errp);
     s->hidden_blk = s->active_blk ? colo_repl_writer(hidden, errp) : NULL;

@@ -86,7 +86,10 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
         vm_stop_force_state(RUN_STATE_COLO);
     }
     trace_colo_checkpoint_stop(seq);
-    /* A write the secondary missed ends COLO before this checkpoint. */
+    /*
+     * Stopping drained every write of this epoch, so a write the
+     * secondary missed is known now and ends COLO before this checkpoint.
+     */
     replication_get_error_all(errp);
     ok = !*errp &&
          colo_ram_capture(p->ram, &ram_stats, errp) &&
