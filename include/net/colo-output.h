@@ -23,7 +23,12 @@ void colo_output_seal(void);
 /* The sealed output's checkpoint is safe: let it go (BQL held). */
 void colo_output_release(void);
 
-/* Leaving COLO: let everything go and stop holding (BQL held). */
-void colo_output_stop(void);
+/*
+ * Leaving COLO: stop holding (BQL held).  What is held is covered by no
+ * checkpoint the secondary is known to hold: @release lets it go, for a
+ * side that serves on; otherwise it is dropped, as a side that goes away
+ * must (TCP resends it to the secondary once it has taken over).
+ */
+void colo_output_stop(bool release);
 
 #endif

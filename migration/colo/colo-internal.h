@@ -29,6 +29,8 @@ typedef struct ColoState {
     COLOMode mode;              /* COLO_MODE_NONE unless in COLO */
     COLOMode last_mode;
     COLOExitReason reason;
+    /* The last COLO session ended with this secondary not taking over. */
+    bool stayed_down;
     ColoStats stats;
     /* The replication channel, to shut down when leaving COLO. */
     QEMUFile *to_peer;
@@ -36,7 +38,10 @@ typedef struct ColoState {
     /* Requests to the running side (atomic); the semaphore wakes it. */
     bool checkpoint_requested;
     bool exit_requested;
-    bool guest_shutdown;
+    bool guest_shutdown;        /* the guest powered off: both sides end */
+    bool quitting;              /* this QEMU exits: it will not serve */
+    bool cancel_requested;      /* migrate_cancel: leave, tell the peer */
+    bool stop_requested;        /* "stop" inside a checkpoint's stop */
     QemuSemaphore kick;
     /* Posted by the primary's loop when it has left COLO. */
     QemuSemaphore primary_exited;
@@ -52,6 +57,16 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from);
  * The channel is shut down so that the peer notices at once.
  */
 void colo_state_exit(COLOExitReason reason, Error *err);
+
+/* A secondary leaves COLO without taking over: its SVM must never run. */
+void colo_state_exit_down(COLOExitReason reason, Error *err);
+
+/*
+ * The mode of this QEMU's last COLO session (none if it never was in
+ * COLO); *@stayed_down tells whether it ended with a secondary that did
+ * not take over.
+ */
+COLOMode colo_last_mode(bool *stayed_down);
 
 /*
  * Make the running side leave its loop at once: shut the replication

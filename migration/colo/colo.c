@@ -52,6 +52,13 @@ bool colo_caps_check(const bool *new_caps, Error **errp)
         MIGRATION_CAPABILITY_MULTIFD,
         MIGRATION_CAPABILITY_MAPPED_RAM,
         MIGRATION_CAPABILITY_BACKGROUND_SNAPSHOT,
+        /*
+         * COLO runs its own exchange on the return direction of the
+         * stream; migration's return-path thread would read it as its own
+         * messages, fail the migration and leave both sides running.
+         * switchover-ack needs return-path, so it is refused with it.
+         */
+        MIGRATION_CAPABILITY_RETURN_PATH,
     };
 
     for (size_t i = 0; i < ARRAY_SIZE(incompatible); i++) {
@@ -103,12 +110,16 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     colo_state.mode = mode;
     colo_state.last_mode = mode;
     colo_state.reason = COLO_EXIT_REASON_NONE;
+    colo_state.stayed_down = false;
     memset(&colo_state.stats, 0, sizeof(colo_state.stats));
     colo_state.to_peer = to;
     colo_state.from_peer = from;
     qatomic_set(&colo_state.checkpoint_requested, false);
     qatomic_set(&colo_state.exit_requested, false);
     qatomic_set(&colo_state.guest_shutdown, false);
+    qatomic_set(&colo_state.quitting, false);
+    qatomic_set(&colo_state.cancel_requested, false);
+    qatomic_set(&colo_state.stop_requested, false);
     failover_init_state();
     while (!qemu_sem_timedwait(&colo_state.primary_exited, 0)) {
         /* drain a post left by an earlier COLO run */
@@ -135,6 +146,25 @@ void colo_state_exit(COLOExitReason reason, Error *err)
         error_report_err(err);
     }
     qapi_event_send_colo_exit(mode, reason);
+}
+
+void colo_state_exit_down(COLOExitReason reason, Error *err)
+{
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.stayed_down = true;
+    qemu_mutex_unlock(&colo_state.lock);
+    colo_state_exit(reason, err);
+}
+
+COLOMode colo_last_mode(bool *stayed_down)
+{
+    COLOMode mode;
+
+    qemu_mutex_lock(&colo_state.lock);
+    mode = colo_state.last_mode;
+    *stayed_down = colo_state.stayed_down;
+    qemu_mutex_unlock(&colo_state.lock);
+    return mode;
 }
 
 void colo_state_interrupt(void)
@@ -202,12 +232,44 @@ void colo_shutdown(void)
     if (get_colo_mode() != COLO_MODE_PRIMARY) {
         return;
     }
+    qatomic_set(&colo_state.quitting, true);
     qatomic_set(&colo_state.exit_requested, true);
     qemu_sem_post(&colo_state.kick);
 
     bql_unlock();
-    qemu_sem_timedwait(&colo_state.primary_exited, COLO_SHUTDOWN_WAIT_MS);
+    if (qemu_sem_timedwait(&colo_state.primary_exited,
+                           COLO_SHUTDOWN_WAIT_MS)) {
+        /* The loop is stuck on a silent secondary: unblock it. */
+        colo_state_interrupt();
+        qemu_sem_timedwait(&colo_state.primary_exited, COLO_SHUTDOWN_WAIT_MS);
+    }
     bql_lock();
+}
+
+/*
+ * migrate_cancel (or an internal cancel) while in COLO.  The channel is
+ * left open so that the loop can tell the secondary to stay down before
+ * it leaves: a secondary that only saw the stream end would take over
+ * while this side serves on.
+ */
+void colo_stop_request(Error **errp)
+{
+    if (get_colo_mode() != COLO_MODE_PRIMARY) {
+        error_setg(errp, "The VM is stopped by COLO");
+        return;
+    }
+    /* The run state is "colo" only inside a checkpoint's stop (BQL). */
+    qatomic_set(&colo_state.stop_requested, true);
+}
+
+void colo_cancel(void)
+{
+    if (get_colo_mode() != COLO_MODE_PRIMARY) {
+        return;
+    }
+    qatomic_set(&colo_state.cancel_requested, true);
+    qatomic_set(&colo_state.exit_requested, true);
+    qemu_sem_post(&colo_state.kick);
 }
 
 void migrate_start_colo_process(MigrationState *s)

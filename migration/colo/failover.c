@@ -58,11 +58,8 @@ bool failover_request_is_active(void)
 
 void failover_request_active(Error **errp)
 {
-    if (failover_set_state(FAILOVER_STATUS_NONE, FAILOVER_STATUS_REQUIRE) !=
-        FAILOVER_STATUS_NONE) {
-        error_setg(errp, "COLO failover is already in progress");
-        return;
-    }
+    /* A request already made, or a failover under way, stands. */
+    failover_set_state(FAILOVER_STATUS_NONE, FAILOVER_STATUS_REQUIRE);
     colo_state_interrupt();
 }
 
@@ -94,11 +91,25 @@ void colo_failover_end(void)
     failover_set_state(FAILOVER_STATUS_ACTIVE, FAILOVER_STATUS_COMPLETED);
 }
 
+/*
+ * Idempotent, as a management tool that follows its documented failover
+ * sequence needs: a side that has already failed over (by itself, on a
+ * broken stream, or at an earlier request) answers success, and
+ * COLO_EXIT and query-colo-status tell what happened.
+ */
 void qmp_x_colo_lost_heartbeat(Error **errp)
 {
-    if (get_colo_mode() == COLO_MODE_NONE) {
-        error_setg(errp, "VM is not in COLO mode");
+    bool stayed_down;
+
+    if (get_colo_mode() != COLO_MODE_NONE) {
+        failover_request_active(errp);
         return;
     }
-    failover_request_active(errp);
+    if (colo_last_mode(&stayed_down) == COLO_MODE_NONE) {
+        error_setg(errp, "VM is not in COLO mode");
+    } else if (stayed_down) {
+        error_setg(errp, "This secondary left COLO without taking over "
+                   "(the primary went on alone, or the SVM is not a whole "
+                   "checkpoint): it cannot take over");
+    }
 }

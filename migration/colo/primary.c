@@ -37,10 +37,9 @@ typedef struct ColoPrimary {
     MigrationState *s;
     QEMUFile *to;               /* forward channel */
     QEMUFile *from;             /* return channel */
-    bool own_from;              /* @from was opened here */
     uint64_t seq;               /* last checkpoint sent */
-    GByteArray *ram;            /* checkpoint: be64 RAM length + records */
-    GByteArray *reply;          /* last message from the secondary */
+    ColoBuf ram;                /* checkpoint: be64 RAM length + records */
+    ColoBuf reply;              /* last message from the secondary */
 } ColoPrimary;
 
 /*
@@ -72,27 +71,30 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     g_autoptr(QIOChannelBuffer) bioc = qio_channel_buffer_new(256 * KiB);
     g_autoptr(QEMUFile) devices = NULL;
     ColoRamStats ram_stats;
-    bool was_running, ok;
+    bool was_live, ok;
     int64_t t_stop, t_resume, t_received;
     struct iovec iov[2];
     uint64_t seq = p->seq + 1;
 
-    g_byte_array_set_size(p->ram, 8);
+    p->ram.len = 8;
 
     bql_lock();
     t_stop = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
-    was_running = runstate_is_running();
-    if (was_running) {
-        vm_stop_force_state(RUN_STATE_COLO);
-    }
+    was_live = runstate_is_live(runstate_get());
+    /*
+     * Stop and drain, even a VM that is not running: a write of this
+     * epoch must have reached both sides before the secondary takes the
+     * checkpoint.  Completed is enough, durable is not needed: no flush.
+     */
+    vm_stop_drain(RUN_STATE_COLO);
     trace_colo_checkpoint_stop(seq);
     /*
-     * Stopping drained every write of this epoch, so a write the
-     * secondary missed is known now and ends COLO before this checkpoint.
+     * A write the secondary missed is known now, and ends COLO before
+     * this checkpoint.
      */
     replication_get_error_all(errp);
     ok = !*errp &&
-         colo_ram_capture(p->ram, &ram_stats, errp) &&
+         colo_ram_capture(&p->ram, &ram_stats, errp) &&
          (devices = colo_primary_save_devices(bioc, errp));
     /*
      * Output so far is this checkpoint's; from now on, the next one's.
@@ -108,7 +110,10 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
      * The next checkpoint captures whatever the VM does from here on;
      * whatever it emits meanwhile is held until this one is safe.
      */
-    if (was_running) {
+    if (qatomic_xchg(&colo_state.stop_requested, false)) {
+        /* "stop" arrived while the VM was stopped for this checkpoint. */
+        runstate_set(RUN_STATE_PAUSED);
+    } else if (was_live) {
         vm_start();
     }
     t_resume = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
@@ -118,16 +123,16 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     }
     trace_colo_checkpoint_resume(seq, t_resume - t_stop);
 
-    stq_be_p(p->ram->data, p->ram->len - 8);
-    iov[0].iov_base = p->ram->data;
-    iov[0].iov_len = p->ram->len;
+    stq_be_p(p->ram.data, p->ram.len - 8);
+    iov[0].iov_base = p->ram.data;
+    iov[0].iov_len = p->ram.len;
     iov[1].iov_base = bioc->data;
     iov[1].iov_len = bioc->usage;
     if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 2, errp)) {
         return false;
     }
     p->seq = seq;
-    if (!colo_msg_expect(p->from, COLO_MSG_RECEIVED, seq, p->reply, errp)) {
+    if (!colo_msg_expect(p->from, COLO_MSG_RECEIVED, seq, &p->reply, errp)) {
         return false;
     }
     t_received = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
@@ -136,7 +141,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     bql_lock();
     colo_output_release();
     bql_unlock();
-    if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, p->reply, errp)) {
+    if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, &p->reply, errp)) {
         return false;
     }
     colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
@@ -174,11 +179,8 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     bool ok;
 
     p->to = p->s->to_dst_file;
-    p->from = p->s->rp_state.from_dst_file;
-    if (!p->from) {
-        p->from = qemu_file_get_return_path(p->to);
-        p->own_from = true;
-    }
+    /* x-colo excludes return-path: the return direction is COLO's. */
+    p->from = qemu_file_get_return_path(p->to);
     if (!p->from) {
         error_setg(errp, "COLO: no return path to the secondary");
         return false;
@@ -187,8 +189,8 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     qio_channel_set_delay(qemu_file_get_ioc(p->to), false);
 
     colo_state_enter(COLO_MODE_PRIMARY, p->to, p->from);
-    if (!colo_msg_expect(p->from, COLO_MSG_HELLO, 0, p->reply, errp) ||
-        !colo_ram_layout_check(p->reply->data, p->reply->len, errp)) {
+    if (!colo_msg_expect(p->from, COLO_MSG_HELLO, 0, &p->reply, errp) ||
+        !colo_ram_layout_check(p->reply.data, p->reply.len, errp)) {
         return false;
     }
     /*
@@ -208,13 +210,10 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
 
 void colo_primary_run(MigrationState *s)
 {
-    ColoPrimary p = {
-        .s = s,
-        .ram = g_byte_array_new(),
-        .reply = g_byte_array_new(),
-    };
+    ColoPrimary p = { .s = s };
     Error *err = NULL;
     COLOExitReason reason;
+    bool serving;
 
     if (colo_primary_start(&p, &err)) {
         int64_t start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
@@ -227,33 +226,62 @@ void colo_primary_run(MigrationState *s)
         }
     }
     reason = colo_failover_begin(&err);
-    if (!err && qatomic_read(&colo_state.guest_shutdown)) {
-        /* Best effort: the secondary fails over by itself otherwise. */
-        colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
-    } else if (err) {
+    /*
+     * Whether this side goes on serving decides what becomes of the
+     * output no checkpoint covers yet, and what the secondary is told.
+     */
+    serving = !qatomic_read(&colo_state.guest_shutdown) &&
+              !qatomic_read(&colo_state.quitting);
+    if (!serving) {
+        /*
+         * This QEMU goes away.  After a guest shutdown the secondary goes
+         * too (best effort: it takes over otherwise); after a quit it
+         * sees the stream end and takes over, from the last checkpoint.
+         */
+        if (qatomic_read(&colo_state.guest_shutdown)) {
+            colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
+        }
+    } else if (err || qatomic_read(&colo_state.cancel_requested)) {
         /*
          * This side carries on alone: a secondary that can still hear
          * must not take over too.
          */
-        colo_msg_send_error(p.to, p.seq, err);
+        g_autoptr(Error) why = NULL;
+
+        if (!err) {
+            error_setg(&why, "the primary left COLO: migration cancelled");
+        }
+        colo_msg_send_error(p.to, p.seq, err ? err : why);
     }
     if (err) {
         migrate_set_error(s, err);
     }
-    /* Alone from here: what was held goes out, nothing more is held. */
+    /*
+     * Output held now is covered by no checkpoint the secondary is known
+     * to hold.  A side that serves on stands behind it: release it.  A
+     * side that goes away must not: the secondary takes over from a
+     * checkpoint before it, and a client would have seen what the
+     * survivor never did.
+     */
     bql_lock();
-    colo_output_stop();
+    colo_output_stop(serving);
     replication_stop_all(true, NULL);
     bql_unlock();
     colo_state_exit(reason, err);
     colo_failover_end();
+    /*
+     * The VM did not move: this migration failed or was abandoned, never
+     * "completed" (which would tell listeners, SPICE among them, that
+     * the VM now runs on the other side).
+     */
     migrate_set_state(&s->state, MIGRATION_STATUS_COLO,
                       reason == COLO_EXIT_REASON_ERROR
-                      ? MIGRATION_STATUS_FAILED : MIGRATION_STATUS_COMPLETED);
-    if (p.own_from) {
+                      ? MIGRATION_STATUS_FAILED
+                      : MIGRATION_STATUS_CANCELLING);
+    if (p.from) {
         qemu_fclose(p.from);
     }
-    g_byte_array_unref(p.ram);
-    g_byte_array_unref(p.reply);
+    colo_buf_free(&p.ram);
+    colo_buf_free(&p.reply);
     qemu_sem_post(&colo_state.primary_exited);
 }

@@ -52,6 +52,47 @@ uint64_t colo_msg_max_length(ColoMsgType type)
     }
 }
 
+bool colo_buf_resize(ColoBuf *b, size_t len, Error **errp)
+{
+    if (len > b->size) {
+        /* Grow by half again at least, so that appends stay linear. */
+        size_t size = MAX(len, b->size + b->size / 2);
+        uint8_t *data = g_try_realloc(b->data, size);
+
+        if (!data) {
+            size = len;
+            data = g_try_realloc(b->data, size);
+        }
+        if (!data) {
+            error_setg(errp, "COLO: cannot allocate %zu bytes for a message",
+                       len);
+            return false;
+        }
+        b->data = data;
+        b->size = size;
+    }
+    b->len = len;
+    return true;
+}
+
+void colo_buf_append(ColoBuf *b, const void *data, size_t n)
+{
+    size_t len = b->len;
+
+    if (len + n > b->size) {
+        b->size = MAX(len + n, b->size + b->size / 2);
+        b->data = g_realloc(b->data, b->size);
+    }
+    memcpy(b->data + len, data, n);
+    b->len = len + n;
+}
+
+void colo_buf_free(ColoBuf *b)
+{
+    g_free(b->data);
+    *b = (ColoBuf) { 0 };
+}
+
 uint32_t colo_msg_payload_crc(const void *data, size_t len)
 {
     return len ? crc32_z(0, data, len) : 0;
@@ -175,8 +216,8 @@ void colo_msg_send_error(QEMUFile *f, uint64_t seq, const Error *err)
     colo_msg_send(f, COLO_MSG_ERROR, seq, &iov, 1, NULL);
 }
 
-bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
-                   Error **errp)
+bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
+                   uint64_t checkpoint_max, Error **errp)
 {
     uint8_t buf[COLO_MSG_HEADER_SIZE];
     size_t got;
@@ -192,9 +233,22 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
     if (!colo_msg_header_decode(buf, hdr, errp)) {
         return false;
     }
-    g_byte_array_set_size(payload, hdr->length);
-    got = qemu_get_buffer(f, payload->data, hdr->length);
-    if (got != hdr->length) {
+    if (hdr->type == COLO_MSG_CHECKPOINT && hdr->length > checkpoint_max) {
+        error_setg(errp, "COLO checkpoint %" PRIu64 " is longer (%" PRIu64
+                   " bytes) than a checkpoint of this VM can be (%" PRIu64
+                   " bytes)", hdr->seq, hdr->length, checkpoint_max);
+        return false;
+    }
+    if ((size_t)hdr->length != hdr->length) {
+        error_setg(errp, "COLO %s message is too long for this host",
+                   colo_msg_name(hdr->type));
+        return false;
+    }
+    if (!colo_buf_resize(payload, hdr->length, errp)) {
+        return false;
+    }
+    got = qemu_get_buffer(f, payload->data, payload->len);
+    if (got != payload->len) {
         if (!colo_file_check(f, "receive", errp)) {
             return false;
         }
@@ -202,7 +256,8 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
                    " bytes", colo_msg_name(hdr->type), got, hdr->length);
         return false;
     }
-    if (colo_msg_payload_crc(payload->data, hdr->length) != hdr->payload_crc) {
+    if (colo_msg_payload_crc(payload->data, payload->len) !=
+        hdr->payload_crc) {
         error_setg(errp, "COLO %s message %" PRIu64 " fails its checksum",
                    colo_msg_name(hdr->type), hdr->seq);
         return false;
@@ -212,11 +267,12 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
 }
 
 bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,
-                     GByteArray *payload, Error **errp)
+                     ColoBuf *payload, Error **errp)
 {
     ColoMsgHeader hdr;
 
-    if (!colo_msg_recv(f, &hdr, payload, errp)) {
+    /* Only control messages are expected: no checkpoint is accepted. */
+    if (!colo_msg_recv(f, &hdr, payload, 0, errp)) {
         return false;
     }
     if (hdr.type == COLO_MSG_ERROR && type != COLO_MSG_ERROR) {

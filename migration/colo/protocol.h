@@ -57,6 +57,28 @@ typedef struct ColoMsgHeader {
 /* The largest payload a message of @type may carry. */
 uint64_t colo_msg_max_length(ColoMsgType type);
 
+/*
+ * A growable byte buffer for messages.  Lengths are size_t: a checkpoint
+ * may exceed the 4 GiB that GByteArray's guint lengths can count.
+ */
+typedef struct ColoBuf {
+    uint8_t *data;
+    size_t len;                 /* bytes in use */
+    size_t size;                /* bytes allocated */
+} ColoBuf;
+
+/*
+ * Set @b's length to @len, growing it if needed.  Returns false with
+ * @errp set if the memory cannot be had; @b is then unchanged.
+ */
+bool colo_buf_resize(ColoBuf *b, size_t len, Error **errp);
+
+/* Append @n bytes at @data (aborts if out of memory, as g_realloc does). */
+void colo_buf_append(ColoBuf *b, const void *data, size_t n);
+
+/* Free @b's memory; @b is then empty. */
+void colo_buf_free(ColoBuf *b);
+
 const char *colo_msg_name(ColoMsgType type);
 
 /* Encode @hdr into @buf; hdr->payload_crc must already be set. */
@@ -92,13 +114,19 @@ void colo_msg_send_error(QEMUFile *f, uint64_t seq, const Error *err);
 
 /*
  * Receive one message into @hdr and @payload (resized to its length).
- * The payload is verified against its checksum before this returns.
+ * A CHECKPOINT longer than @checkpoint_max is refused before anything is
+ * allocated for it (the receiver knows how large one of its checkpoints
+ * can be).  The payload is verified against its checksum before this
+ * returns.
  */
-bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, GByteArray *payload,
-                   Error **errp);
+bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
+                   uint64_t checkpoint_max, Error **errp);
 
-/* Receive a message and check that it is @type about checkpoint @seq. */
+/*
+ * Receive a control message (not a CHECKPOINT) and check that it is @type
+ * about checkpoint @seq.
+ */
 bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,
-                     GByteArray *payload, Error **errp);
+                     ColoBuf *payload, Error **errp);
 
 #endif

@@ -25,10 +25,11 @@
 #include "exec/memory.h"
 #include "migration/misc.h"
 #include "migration/ram.h"
+#include "protocol.h"
 #include "ram.h"
 #include "trace.h"
 
-static void colo_ram_put_record(GByteArray *out, ColoRamRecordKind kind,
+static void colo_ram_put_record(ColoBuf *out, ColoRamRecordKind kind,
                                 uint16_t block, uint64_t first,
                                 uint32_t npages)
 {
@@ -39,14 +40,14 @@ static void colo_ram_put_record(GByteArray *out, ColoRamRecordKind kind,
     stw_be_p(rec + 2, block);
     stl_be_p(rec + 4, npages);
     stq_be_p(rec + 8, first << TARGET_PAGE_BITS);
-    g_byte_array_append(out, rec, sizeof(rec));
+    colo_buf_append(out, rec, sizeof(rec));
 }
 
 /*
  * Append pages [start, end) of @rb: runs of zero pages as ZERO records,
  * runs of other pages as PAGES records with their contents.
  */
-static void colo_ram_put_run(GByteArray *out, RAMBlock *rb, uint16_t index,
+static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
                              unsigned long start, unsigned long end,
                              ColoRamStats *stats)
 {
@@ -58,8 +59,11 @@ static void colo_ram_put_run(GByteArray *out, RAMBlock *rb, uint16_t index,
         unsigned long next = page + 1;
         bool next_zero = zero;
 
-        /* Each page is tested once: the one ending a run starts the next. */
-        while (next < end) {
+        /*
+         * Each page is tested once: the one ending a run starts the next.
+         * A record counts at most UINT32_MAX pages.
+         */
+        while (next < end && next - page < UINT32_MAX) {
             next_zero = buffer_is_zero(rb->host + (next << TARGET_PAGE_BITS),
                                        TARGET_PAGE_SIZE);
             if (next_zero != zero) {
@@ -72,8 +76,8 @@ static void colo_ram_put_run(GByteArray *out, RAMBlock *rb, uint16_t index,
         if (zero) {
             stats->zero_pages += next - page;
         } else {
-            g_byte_array_append(out, rb->host + (page << TARGET_PAGE_BITS),
-                                (next - page) << TARGET_PAGE_BITS);
+            colo_buf_append(out, rb->host + (page << TARGET_PAGE_BITS),
+                            (next - page) << TARGET_PAGE_BITS);
         }
         stats->pages += next - page;
         page = next;
@@ -81,7 +85,7 @@ static void colo_ram_put_run(GByteArray *out, RAMBlock *rb, uint16_t index,
     }
 }
 
-bool colo_ram_capture(GByteArray *out, ColoRamStats *stats, Error **errp)
+bool colo_ram_capture(ColoBuf *out, ColoRamStats *stats, Error **errp)
 {
     RAMBlock *rb;
     uint16_t index = 0;

@@ -82,3 +82,16 @@ bool colo_ram_layout_check(const uint8_t *buf, size_t len, Error **errp)
     }
     return true;
 }
+
+uint64_t colo_ram_checkpoint_max(void)
+{
+    uint64_t pages = 0;
+    RAMBlock *rb;
+
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        pages += rb->used_length >> qemu_target_page_bits();
+    }
+    /* Every page dirty, each in a record of its own: the worst case. */
+    return 8 + pages * (qemu_target_page_size() + COLO_RAM_RECORD_SIZE);
+}

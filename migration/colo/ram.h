@@ -24,6 +24,8 @@
 #ifndef MIGRATION_COLO_RAM_H
 #define MIGRATION_COLO_RAM_H
 
+#include "protocol.h"
+
 #define COLO_RAM_RECORD_SIZE 16
 
 typedef enum ColoRamRecordKind {
@@ -39,6 +41,12 @@ typedef struct ColoRamStats {
 /* Append this side's RAM layout to @out. */
 void colo_ram_layout_encode(GByteArray *out);
 
+/*
+ * The longest RAM part a checkpoint of this VM can have: its length field
+ * and records for every page.
+ */
+uint64_t colo_ram_checkpoint_max(void);
+
 /* Check that the peer's layout @buf equals this side's. */
 bool colo_ram_layout_check(const uint8_t *buf, size_t len, Error **errp);
 
@@ -47,7 +55,7 @@ bool colo_ram_layout_check(const uint8_t *buf, size_t len, Error **errp);
  * the initial migration) to @out, as RAM records.  Called with the BQL
  * held and the VM stopped.
  */
-bool colo_ram_capture(GByteArray *out, ColoRamStats *stats, Error **errp);
+bool colo_ram_capture(ColoBuf *out, ColoRamStats *stats, Error **errp);
 
 /*
  * Secondary: check RAM records @buf completely (block, bounds, lengths),

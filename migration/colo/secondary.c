@@ -19,6 +19,8 @@
 #include "qemu/coroutine.h"
 #include "qemu/main-loop.h"
 #include "qemu/timer.h"
+#include "qemu/rcu.h"
+#include "qemu/units.h"
 #include "block/aio.h"
 #include "io/channel-buffer.h"
 #include "block/replication.h"
@@ -38,7 +40,8 @@ typedef struct ColoSecondary {
     QEMUFile *to;               /* return channel */
     Coroutine *co;              /* the incoming coroutine, parked */
     QemuThread thread;
-    GByteArray *msg;            /* the checkpoint being received */
+    ColoBuf msg;                /* the message being received */
+    uint64_t checkpoint_max;    /* the longest checkpoint this VM can have */
     uint64_t loaded;            /* last checkpoint the SVM stands at */
     bool shutdown;              /* the primary's guest shut down */
     bool unusable;              /* the SVM or its disks are inconsistent */
@@ -46,6 +49,13 @@ typedef struct ColoSecondary {
     Error *err;
     Error *disk_err;            /* the disks could not fail over */
 } ColoSecondary;
+
+/*
+ * The longest device state a checkpoint may carry: far above what
+ * devices serialise (their RAM travels as RAM), far below what would let
+ * a broken stream exhaust this host's memory.
+ */
+#define COLO_DEVICE_STATE_MAX (256 * MiB)
 
 static bool colo_secondary_load_devices(const uint8_t *buf, size_t len,
                                         Error **errp)
@@ -69,9 +79,10 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
                                       Error **errp)
 {
     ERRP_GUARD();
-    const uint8_t *body = c->msg->data;
-    uint64_t len = c->msg->len, ram_len;
+    const uint8_t *body = c->msg.data;
+    uint64_t len = c->msg.len, ram_len;
     ColoRamStats ram_stats;
+    Error *ack_err = NULL;
     int64_t t_start;
     bool ok;
 
@@ -100,9 +111,13 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
         c->unusable = true;
         return false;
     }
-    if (!colo_msg_send_empty(c->to, COLO_MSG_RECEIVED, seq, errp)) {
-        return false;
-    }
+    /*
+     * The disks stand at this checkpoint now: it is committed, and the
+     * SVM must reach it too, acknowledged or not.  A failed RECEIVED
+     * (the primary died, or a failover request shut the channel) ends
+     * COLO once it is loaded.
+     */
+    colo_msg_send_empty(c->to, COLO_MSG_RECEIVED, seq, &ack_err);
 
     t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bql_lock();
@@ -120,6 +135,7 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
     if (!ok) {
         /* Flushed RAM without devices: this SVM cannot take over. */
         error_prepend(errp, "the SVM is inconsistent and will not run: ");
+        error_free(ack_err);
         c->unusable = true;
         return false;
     }
@@ -127,7 +143,20 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
     colo_stats_add(qemu_clock_get_us(QEMU_CLOCK_REALTIME) - t_start,
                    len + COLO_MSG_HEADER_SIZE, ram_stats.pages, 0);
     trace_colo_checkpoint_loaded(seq, len, ram_stats.pages);
+    if (ack_err) {
+        error_propagate(errp, ack_err);
+        return false;
+    }
     return colo_msg_send_empty(c->to, COLO_MSG_LOADED, seq, errp);
+}
+
+/*
+ * Did the stream end (closed, reset, shut down by a failover request),
+ * rather than carry a message that makes no sense?
+ */
+static bool colo_secondary_stream_ended(ColoSecondary *c)
+{
+    return qemu_file_get_error(c->from) || qemu_file_get_error(c->to);
 }
 
 static void *colo_secondary_thread(void *opaque)
@@ -136,6 +165,9 @@ static void *colo_secondary_thread(void *opaque)
     g_autoptr(GByteArray) hello = g_byte_array_new();
     struct iovec iov;
     bool running = true;
+
+    /* RAM blocks, FlatViews and virtio's caches are read under RCU here. */
+    rcu_register_thread();
 
     /*
      * Protect the disks before the primary may write them (HELLO).  The
@@ -158,7 +190,8 @@ static void *colo_secondary_thread(void *opaque)
     while (running) {
         ColoMsgHeader hdr;
 
-        if (!colo_msg_recv(c->from, &hdr, c->msg, &c->err)) {
+        if (!colo_msg_recv(c->from, &hdr, &c->msg, c->checkpoint_max,
+                           &c->err)) {
             break;
         }
         switch (hdr.type) {
@@ -171,7 +204,8 @@ static void *colo_secondary_thread(void *opaque)
             break;
         case COLO_MSG_ERROR:
             error_setg(&c->err, "COLO primary failed: %.*s",
-                       (int)c->msg->len, (const char *)c->msg->data);
+                       (int)MIN(c->msg.len, INT_MAX),
+                       (const char *)c->msg.data);
             c->primary_alone = true;
             running = false;
             break;
@@ -182,7 +216,16 @@ static void *colo_secondary_thread(void *opaque)
             break;
         }
     }
-    if (c->unusable && !c->primary_alone) {
+    if (!c->shutdown && !c->primary_alone && !c->unusable &&
+        !colo_secondary_stream_ended(c)) {
+        /*
+         * A well-framed stream that is wrong (checksum, type, order,
+         * bounds) comes from a primary that is alive: it serves on alone,
+         * and this side must not take over.
+         */
+        c->primary_alone = true;
+        colo_msg_send_error(c->to, c->loaded, c->err);
+    } else if (c->unusable && !c->primary_alone) {
         /* The primary must not wait for us, nor count on us. */
         colo_msg_send_error(c->to, c->loaded, c->err);
     }
@@ -197,6 +240,7 @@ static void *colo_secondary_thread(void *opaque)
         replication_stop_all(true, &c->disk_err);
     }
     bql_unlock();
+    rcu_unregister_thread();
     aio_co_schedule(qemu_get_aio_context(), c->co);
     return NULL;
 }
@@ -206,7 +250,8 @@ void colo_secondary_run(MigrationIncomingState *mis)
     ColoSecondary c = {
         .from = mis->from_src_file,
         .co = qemu_coroutine_self(),
-        .msg = g_byte_array_new(),
+        /* RAM records, and as much again for the device state at most */
+        .checkpoint_max = colo_ram_checkpoint_max() + COLO_DEVICE_STATE_MAX,
     };
     COLOExitReason reason;
 
@@ -227,7 +272,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
                        colo_secondary_thread, &c, QEMU_THREAD_JOINABLE);
     qemu_coroutine_yield();
     qemu_thread_join(&c.thread);
-    g_byte_array_unref(c.msg);
+    colo_buf_free(&c.msg);
 
     if (c.shutdown || c.unusable || c.primary_alone) {
         /*
@@ -236,8 +281,8 @@ void colo_secondary_run(MigrationIncomingState *mis)
          * The incoming migration stays parked here; a shut-down pair ends
          * this QEMU too.
          */
-        colo_state_exit(c.shutdown ? COLO_EXIT_REASON_REQUEST
-                                   : COLO_EXIT_REASON_ERROR, c.err);
+        colo_state_exit_down(c.shutdown ? COLO_EXIT_REASON_REQUEST
+                                        : COLO_EXIT_REASON_ERROR, c.err);
         if (c.shutdown) {
             qemu_system_shutdown_request(SHUTDOWN_CAUSE_GUEST_SHUTDOWN);
         }
@@ -255,7 +300,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
         /* A disk not back at the checkpoint: running would corrupt it. */
         error_prepend(&c.disk_err, "failover aborted, the SVM will not run: ");
         error_free(c.err);
-        colo_state_exit(COLO_EXIT_REASON_ERROR, c.disk_err);
+        colo_state_exit_down(COLO_EXIT_REASON_ERROR, c.disk_err);
         colo_failover_end();
         qemu_coroutine_yield();
         return;

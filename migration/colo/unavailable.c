@@ -46,6 +46,18 @@ void colo_shutdown(void)
     /* Nothing runs that would need stopping. */
 }
 
+void colo_stop_request(Error **errp)
+{
+    /* Run state "colo" is never entered. */
+    g_assert_not_reached();
+}
+
+void colo_cancel(void)
+{
+    /* Never in COLO state, so never called. */
+    g_assert_not_reached();
+}
+
 /*
  * The two entry points below are reached only after x-colo was enabled,
  * which colo_caps_check() refuses.

@@ -62,8 +62,11 @@ static ssize_t colo_output_receive_iov(NetFilterState *nf,
 static void colo_output_flush(NetFilterState *nf, NetQueue *q)
 {
     if (!qemu_net_queue_flush(q)) {
-        /* The peer cannot take more now: drop, as a full link would. */
-        qemu_net_queue_purge(q, nf->netdev);
+        /*
+         * The peer cannot take more now: drop, as a full link would.
+         * Held packets were sent by the guest's NIC.
+         */
+        qemu_net_queue_purge(q, nf->netdev->peer);
     }
 }
 
@@ -75,18 +78,32 @@ static void colo_output_setup(NetFilterState *nf, Error **errp)
     s->sealed = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
 }
 
+/*
+ * Whatever is still held when the filter goes is dropped: it is released
+ * only on purpose (colo_output_release(), colo_output_stop()), never
+ * because its netdev was deleted.
+ */
 static void colo_output_cleanup(NetFilterState *nf)
 {
     ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
 
+    if (colo_output_filters) {
+        g_ptr_array_remove(colo_output_filters, nf);
+    }
     if (s->sealed) {
-        colo_output_flush(nf, s->sealed);
         qemu_del_net_queue(s->sealed);
+        s->sealed = NULL;
     }
     if (s->pending) {
-        colo_output_flush(nf, s->pending);
         qemu_del_net_queue(s->pending);
+        s->pending = NULL;
     }
+}
+
+/* Only COLO removes its filters (netdev_del takes them with the netdev). */
+static bool colo_output_can_be_deleted(UserCreatable *uc)
+{
+    return false;
 }
 
 OBJECT_DEFINE_SIMPLE_TYPE(ColoOutputState, colo_output, FILTER_COLO_OUTPUT,
@@ -105,6 +122,9 @@ static void colo_output_finalize(Object *obj)
 static void colo_output_class_init(ObjectClass *oc, void *data)
 {
     NetFilterClass *nfc = NETFILTER_CLASS(oc);
+    UserCreatableClass *ucc = USER_CREATABLE_CLASS(oc);
+
+    ucc->can_be_deleted = colo_output_can_be_deleted;
 
     nfc->setup = colo_output_setup;
     nfc->cleanup = colo_output_cleanup;
@@ -131,9 +151,11 @@ bool colo_output_start(Error **errp)
         f = object_new_with_props(TYPE_FILTER_COLO_OUTPUT,
                                   object_get_objects_root(), id, errp,
                                   "netdev", ncs[i]->name,
-                                  "queue", "rx", NULL);
+                                  "queue", "rx",
+                                  /* before any filter of the user's */
+                                  "position", "head", NULL);
         if (!f) {
-            colo_output_stop();
+            colo_output_stop(false);
             return false;
         }
         g_ptr_array_add(colo_output_filters, f);
@@ -167,16 +189,23 @@ void colo_output_release(void)
     }
 }
 
-void colo_output_stop(void)
+void colo_output_stop(bool release)
 {
     if (!colo_output_filters) {
         return;
     }
-    /* Unparenting runs each filter's cleanup, which lets everything go. */
-    for (guint i = 0; i < colo_output_filters->len; i++) {
-        object_unparent(g_ptr_array_index(colo_output_filters, i));
+    /* Each filter's cleanup takes it off the list, and drops what it held. */
+    while (colo_output_filters->len) {
+        NetFilterState *nf = g_ptr_array_index(colo_output_filters, 0);
+        ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+
+        if (release) {
+            colo_output_flush(nf, s->sealed);
+            colo_output_flush(nf, s->pending);
+        }
+        object_unparent(OBJECT(nf));
     }
     g_ptr_array_free(colo_output_filters, true);
     colo_output_filters = NULL;
-    trace_colo_output_stop();
+    trace_colo_output_stop(release);
 }

@@ -1,11 +1,13 @@
 /*
  * Unit tests of the COLO failover state machine (migration/colo/failover.c):
  * a failover happens exactly once per COLO session, whether asked for or
- * caused by a broken stream, and requests in the wrong state are refused.
+ * caused by a broken stream; a request repeated, or made after the side
+ * failed over by itself, succeeds and changes nothing; a request is refused
+ * where no failover can be: never in COLO, or a secondary that stayed down.
  *
  * failover.c wakes the running side through colo_state_interrupt() and asks
- * the mode with get_colo_mode(); both are stand-ins here that record what
- * happened.
+ * the mode with get_colo_mode() and colo_last_mode(); they are stand-ins
+ * here that record what happened.
  *
  * unit-test-sources: migration/colo/failover.c @BUILD@/qemu/trace/trace-migration_colo.c
  * unit-test-qemu: yes
@@ -24,6 +26,14 @@
 
 static int interrupts;
 static COLOMode mode = COLO_MODE_SECONDARY;
+static COLOMode last_mode = COLO_MODE_SECONDARY;
+static bool stayed_down;
+
+COLOMode colo_last_mode(bool *down)
+{
+    *down = stayed_down;
+    return last_mode;
+}
 
 void colo_state_interrupt(void)
 {
@@ -39,23 +49,21 @@ static void setup(void)
 {
     interrupts = 0;
     mode = COLO_MODE_SECONDARY;
+    last_mode = COLO_MODE_SECONDARY;
+    stayed_down = false;
     failover_init_state();
 }
 
 START_TEST(test_request_runs_once)
 {
-    Error *err = NULL;
-
     ck_assert(!failover_request_is_active());
     qmp_x_colo_lost_heartbeat(&error_abort);
     ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_REQUIRE);
     ck_assert_int_eq(interrupts, 1);
 
-    /* A second request while the first is pending: refused, no action. */
-    qmp_x_colo_lost_heartbeat(&err);
-    ck_assert(strstr(error_get_pretty(err), "already in progress"));
-    error_free(err);
-    ck_assert_int_eq(interrupts, 1);
+    /* Said again while the first is pending: success, the same request. */
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_REQUIRE);
 }
 END_TEST
 
@@ -70,17 +78,47 @@ START_TEST(test_requested_failover_is_a_request)
     ck_assert_ptr_null(err);
     ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_ACTIVE);
 
-    /* Too late for another request while it runs, and after. */
-    qmp_x_colo_lost_heartbeat(&err);
-    ck_assert_ptr_nonnull(err);
-    error_free(err);
-    err = NULL;
+    /* Asked again while it runs, and after: success, nothing new starts. */
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_ACTIVE);
     colo_failover_end();
     ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_COMPLETED);
-    qmp_x_colo_lost_heartbeat(&err);
-    ck_assert_ptr_nonnull(err);
+    mode = COLO_MODE_NONE;
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_COMPLETED);
+}
+END_TEST
+
+/*
+ * A management tool's failover sequence arrives after the secondary took
+ * over by itself on the broken stream: it succeeds.
+ */
+START_TEST(test_request_after_failover_succeeds)
+{
+    Error *err = NULL;
+
+    error_setg(&err, "connection reset");
+    colo_failover_begin(&err);
     error_free(err);
-    ck_assert_int_eq(interrupts, 1);
+    colo_failover_end();
+    mode = COLO_MODE_NONE;
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_COMPLETED);
+    ck_assert_int_eq(interrupts, 0);
+}
+END_TEST
+
+/* A secondary that stayed down (the primary went on alone) cannot. */
+START_TEST(test_request_after_staying_down_is_refused)
+{
+    Error *err = NULL;
+
+    mode = COLO_MODE_NONE;
+    stayed_down = true;
+    qmp_x_colo_lost_heartbeat(&err);
+    ck_assert(strstr(error_get_pretty(err), "without taking over"));
+    error_free(err);
+    ck_assert_int_eq(interrupts, 0);
 }
 END_TEST
 
@@ -115,6 +153,7 @@ START_TEST(test_request_outside_colo_is_refused)
     Error *err = NULL;
 
     mode = COLO_MODE_NONE;
+    last_mode = COLO_MODE_NONE;
     qmp_x_colo_lost_heartbeat(&err);
     ck_assert(strstr(error_get_pretty(err), "not in COLO mode"));
     error_free(err);
@@ -145,6 +184,8 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_add_test(tc, test_request_runs_once);
     tcase_add_test(tc, test_requested_failover_is_a_request);
+    tcase_add_test(tc, test_request_after_failover_succeeds);
+    tcase_add_test(tc, test_request_after_staying_down_is_refused);
     tcase_add_test(tc, test_broken_stream_fails_over_by_itself);
     tcase_add_test(tc, test_clean_exit_is_no_failover);
     tcase_add_test(tc, test_request_outside_colo_is_refused);

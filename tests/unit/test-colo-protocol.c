@@ -15,16 +15,32 @@
 #include "qemu/osdep.h"
 #include <check.h>
 #include "check-run.h"
+#include <zlib.h>
+#include "qemu/bswap.h"
+#include "qemu/units.h"
 #include "qapi/error.h"
 #include "migration/qemu-file.h"
 #include "migration/colo/protocol.h"
 
-/* A QEMUFile that writes to and reads from one memory buffer. */
+/*
+ * A QEMUFile that writes to and reads from one memory buffer; after what
+ * a reader gets @gen_len bytes of gen_byte()'s pattern inserted at offset
+ * @gen_at of what was written (a stream too large to hold twice).
+ */
 struct QEMUFile {
     GByteArray *data;
     size_t pos;
+    uint64_t gen_len;
+    uint64_t gen_pos;
+    size_t gen_at;              /* where in @data the generated part sits */
     int error;
 };
+
+/* The generated stream: varies with the high bits of the offset too. */
+static uint8_t gen_byte(uint64_t off)
+{
+    return (off >> 16) * 31 + (off >> 32) * 7 + 1;
+}
 
 static QEMUFile *pipe_new(void)
 {
@@ -52,10 +68,33 @@ int qemu_fflush(QEMUFile *f)
 
 size_t qemu_get_buffer(QEMUFile *f, uint8_t *buf, size_t size)
 {
-    size_t n = MIN(size, f->data->len - f->pos);
+    size_t n = 0;
 
-    memcpy(buf, f->data->data + f->pos, n);
-    f->pos += n;
+    while (n < size) {
+        bool gen_left = f->gen_pos < f->gen_len;
+        size_t end = gen_left && f->pos <= f->gen_at ? f->gen_at
+                                                     : f->data->len;
+        size_t take;
+
+        if (gen_left && f->pos == f->gen_at) {
+            /* The generated part, in runs of one value (64 KiB each). */
+            uint64_t run = MIN(0x10000 - (f->gen_pos & 0xffff),
+                               f->gen_len - f->gen_pos);
+
+            run = MIN(run, size - n);
+            memset(buf + n, gen_byte(f->gen_pos), run);
+            f->gen_pos += run;
+            n += run;
+            continue;
+        }
+        take = MIN(size - n, end - f->pos);
+        if (!take) {
+            break;
+        }
+        memcpy(buf + n, f->data->data + f->pos, take);
+        f->pos += take;
+        n += take;
+    }
     return n;
 }
 
@@ -67,16 +106,16 @@ int qemu_file_get_error_obj(QEMUFile *f, Error **errp)
     return f->error;
 }
 
-static GByteArray *payload;
+static ColoBuf payload_buf;
+static ColoBuf *payload = &payload_buf;
 
 static void setup(void)
 {
-    payload = g_byte_array_new();
 }
 
 static void teardown(void)
 {
-    g_byte_array_unref(payload);
+    colo_buf_free(payload);
 }
 
 static void send_checkpoint(QEMUFile *f, uint64_t seq, size_t len)
@@ -103,7 +142,7 @@ START_TEST(test_round_trip)
     ck_assert(colo_msg_send_empty(f, COLO_MSG_RECEIVED, 7, &error_abort));
     ck_assert_uint_eq(f->data->len, 2 * COLO_MSG_HEADER_SIZE + 10000);
 
-    ck_assert(colo_msg_recv(f, &hdr, payload, &error_abort));
+    ck_assert(colo_msg_recv(f, &hdr, payload, UINT64_MAX, &error_abort));
     ck_assert_int_eq(hdr.type, COLO_MSG_CHECKPOINT);
     ck_assert_uint_eq(hdr.seq, 7);
     ck_assert_uint_eq(payload->len, 10000);
@@ -129,7 +168,7 @@ START_TEST(test_any_flipped_byte_is_refused)
 
         f->pos = 0;
         f->data->data[i] ^= 0x10;
-        ck_assert_msg(!colo_msg_recv(f, &hdr, payload, &err),
+        ck_assert_msg(!colo_msg_recv(f, &hdr, payload, UINT64_MAX, &err),
                       "byte %zu flipped, message accepted", i);
         ck_assert_ptr_nonnull(err);
         error_free(err);
@@ -153,7 +192,7 @@ START_TEST(test_torn_message_is_refused)
 
         f->pos = 0;
         g_byte_array_set_size(f->data, cut);
-        ck_assert(!colo_msg_recv(f, &hdr, payload, &err));
+        ck_assert(!colo_msg_recv(f, &hdr, payload, UINT64_MAX, &err));
         ck_assert_ptr_nonnull(err);
         error_free(err);
         g_byte_array_set_size(f->data, 0);
@@ -174,7 +213,7 @@ START_TEST(test_garbage_is_refused)
         junk[i] = i * 13 + 5;
     }
     qemu_put_buffer(f, junk, sizeof(junk));
-    ck_assert(!colo_msg_recv(f, &hdr, payload, &err));
+    ck_assert(!colo_msg_recv(f, &hdr, payload, UINT64_MAX, &err));
     ck_assert(strstr(error_get_pretty(err), "magic"));
     error_free(err);
     pipe_free(f);
@@ -249,6 +288,106 @@ START_TEST(test_channel_error_is_reported)
 }
 END_TEST
 
+/*
+ * A checkpoint of more than 4 GiB (a 4 GiB guest's RAM plus device
+ * state) is received whole, and the stream stays in step after it: no
+ * length is cut to 32 bits on the way.
+ */
+START_TEST(test_checkpoint_over_4gib)
+{
+    const uint64_t len = 4 * GiB + 64 * KiB + 3;
+    g_autofree uint8_t *chunk = g_malloc(64 * KiB);
+    QEMUFile *f = pipe_new();
+    uint8_t buf[COLO_MSG_HEADER_SIZE];
+    ColoMsgHeader hdr = { .type = COLO_MSG_CHECKPOINT, .seq = 9,
+                          .length = len };
+    QEMUFile *tail = pipe_new();
+    uLong crc = 0;
+
+    /* The header, with the checksum of the generated payload. */
+    f->gen_len = len;
+    for (uint64_t off = 0; off < len; off += 64 * KiB) {
+        size_t n = qemu_get_buffer(f, chunk, MIN(64 * KiB, len - off));
+
+        crc = crc32_z(crc, chunk, n);
+    }
+    hdr.payload_crc = crc;
+    colo_msg_header_encode(buf, &hdr);
+    qemu_put_buffer(f, buf, sizeof(buf));
+    f->gen_at = sizeof(buf);
+    f->gen_pos = 0;
+
+    ck_assert(colo_msg_recv(f, &hdr, payload, UINT64_MAX, &error_abort));
+    ck_assert_uint_eq(hdr.length, len);
+    ck_assert_uint_eq(payload->len, len);
+    ck_assert_uint_eq(payload->data[0], gen_byte(0));
+    ck_assert_uint_eq(payload->data[4 * GiB + 5], gen_byte(4 * GiB + 5));
+    ck_assert_uint_eq(payload->data[len - 1], gen_byte(len - 1));
+    ck_assert_uint_eq(f->gen_pos, len);
+
+    /* The next message is read from where the checkpoint ended. */
+    ck_assert(colo_msg_send_empty(tail, COLO_MSG_SHUTDOWN, 9,
+                                  &error_abort));
+    g_byte_array_append(f->data, tail->data->data, tail->data->len);
+    ck_assert(colo_msg_recv(f, &hdr, payload, UINT64_MAX, &error_abort));
+    ck_assert_int_eq(hdr.type, COLO_MSG_SHUTDOWN);
+    pipe_free(tail);
+    pipe_free(f);
+}
+END_TEST
+
+/* Appending past 4 GiB keeps every byte (the primary's capture buffer). */
+START_TEST(test_buffer_grows_past_4gib)
+{
+    const size_t big = 4 * GiB + 4096;
+    /* Untouched anonymous memory reads as zeros without being allocated. */
+    uint8_t *zeros = mmap(NULL, big, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
+                          -1, 0);
+    ColoBuf b = { 0 };
+
+    ck_assert(zeros != MAP_FAILED);
+    colo_buf_append(&b, "head", 4);
+    colo_buf_append(&b, zeros, big);
+    colo_buf_append(&b, "tail", 4);
+    ck_assert_uint_eq(b.len, big + 8);
+    ck_assert(!memcmp(b.data, "head", 4));
+    ck_assert(!memcmp(b.data + 4 + big, "tail", 4));
+    ck_assert_uint_eq(b.data[4 + 4 * GiB], 0);
+    munmap(zeros, big);
+    colo_buf_free(&b);
+}
+END_TEST
+
+/*
+ * A checkpoint longer than this VM's can be is refused from its header,
+ * before anything is allocated for it; so is any CHECKPOINT where only a
+ * control message may come.
+ */
+START_TEST(test_checkpoint_length_is_bounded)
+{
+    QEMUFile *f = pipe_new();
+    uint8_t buf[COLO_MSG_HEADER_SIZE];
+    ColoMsgHeader hdr = { .type = COLO_MSG_CHECKPOINT, .seq = 2,
+                          .length = 512 * GiB };
+    Error *err = NULL;
+
+    colo_msg_header_encode(buf, &hdr);
+    qemu_put_buffer(f, buf, sizeof(buf));
+    ck_assert(!colo_msg_recv(f, &hdr, payload, 1 * GiB, &err));
+    ck_assert(strstr(error_get_pretty(err), "longer"));
+    ck_assert_ptr_null(payload->data);
+    error_free(err);
+    err = NULL;
+
+    f->pos = 0;
+    ck_assert(!colo_msg_expect(f, COLO_MSG_RECEIVED, 2, payload, &err));
+    ck_assert(strstr(error_get_pretty(err), "longer"));
+    ck_assert_ptr_null(payload->data);
+    error_free(err);
+    pipe_free(f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("colo-protocol");
@@ -262,6 +401,14 @@ int main(void)
     tcase_add_test(tc, test_header_fields_are_checked);
     tcase_add_test(tc, test_expect_refuses_other_messages);
     tcase_add_test(tc, test_channel_error_is_reported);
+    tcase_add_test(tc, test_checkpoint_length_is_bounded);
+    suite_add_tcase(s, tc);
+    /* Each takes 4 GiB of memory and some seconds. */
+    tc = tcase_create("large");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_checkpoint_over_4gib);
+    tcase_add_test(tc, test_buffer_grows_past_4gib);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

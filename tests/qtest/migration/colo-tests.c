@@ -182,6 +182,19 @@ static void test_colo_incompatible_caps(void)
         "{ 'execute': 'migrate-set-capabilities', 'arguments':"
         " { 'capabilities': [ { 'capability': 'postcopy-ram',"
         "                       'state': true } ] } }");
+    /*
+     * The return direction is COLO's: with migration's return-path thread
+     * reading it too, the pair would end with both VMs running.
+     */
+    qtest_qmp_assert_failure_ref(from,
+        "{ 'execute': 'migrate-set-capabilities', 'arguments':"
+        " { 'capabilities': [ { 'capability': 'return-path',"
+        "                       'state': true } ] } }");
+    migrate_set_capability(to, "return-path", true);
+    qtest_qmp_assert_failure_ref(to,
+        "{ 'execute': 'migrate-set-capabilities', 'arguments':"
+        " { 'capabilities': [ { 'capability': 'x-colo',"
+        "                       'state': true } ] } }");
     qtest_qmp_assert_failure_ref(from,
         "{ 'execute': 'x-colo-checkpoint' }");
     qtest_qmp_assert_failure_ref(from,
