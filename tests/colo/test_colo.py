@@ -8,7 +8,9 @@
   broken       the replication stream is cut, corrupted or fed garbage in
                the middle of a checkpoint (by stream_proxy.py): the secondary
                reports the error and its VM is exactly the previous
-               checkpoint's; the primary carries on alone.
+               checkpoint's; the primary carries on alone.  A cut stream
+               (the primary looks dead) makes the secondary take over; a
+               corrupt one (the primary is alive) leaves it down.
   shutdown     a guest that powers off in COLO takes both QEMUs down cleanly.
 
 Results (checkpoint statistics) go to colo-*.json in the results dir.
@@ -91,11 +93,15 @@ FAULTS = {
     "flip": "flip 20000",       # one byte of the checkpoint is corrupted
     "inject": "inject 64",      # garbage before the next message
 }
+# A stream that ends is a primary that died: the secondary takes over.  A
+# stream that is well framed but wrong comes from a primary that is alive:
+# the secondary says ERROR and stays down, and the primary serves alone.
+TAKES_OVER = {"cut": True, "flip": False, "inject": False}
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_broken_stream(fault, bed, vm_factory, workdir, counter):
-    # -S: after the stream breaks, the secondary takes over but stays
+    # -S: after the stream breaks, a secondary that takes over stays
     # paused, so that its memory can be compared with the checkpoint's.
     pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
                                  secondary_args=["-S"], via_proxy=True)
@@ -117,8 +123,18 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
         status = colo_status(svm)
         assert status["mode"] == "none" and status["reason"] == "error"
         assert status["stats"]["checkpoints"] == n
-        wait_until(lambda: svm.qmp("query-status")["status"] == "paused", 30,
-                   "the secondary to finish taking over (paused, -S)")
+        if TAKES_OVER[fault]:
+            wait_until(lambda: svm.qmp("query-status")["status"] == "paused",
+                       30, "the secondary to finish taking over (paused, -S)")
+            # A management tool's failover command after the fact succeeds.
+            svm.qmp("x-colo-lost-heartbeat")
+        else:
+            # Decided before COLO_EXIT: it stays down and says so.
+            with pytest.raises(Exception, match="without taking over"):
+                svm.qmp("x-colo-lost-heartbeat")
+            assert svm.qmp("query-status")["status"] == "colo"
+            with pytest.raises(Exception, match="stopped by COLO"):
+                svm.qmp("cont")
         diff = differing_pages(reference,
                                save_memory(svm, os.path.join(workdir,
                                                              "s.mem")))
@@ -127,9 +143,12 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
         # The primary left COLO and serves on alone, and its memory has
         # moved on since the reference (so the broken checkpoint carried
         # changes, which the secondary did not apply).
-        pvm.wait_event("COLO_EXIT", 60)
+        ev = pvm.wait_event("COLO_EXIT", 60)
+        assert ev["data"] == {"mode": "primary", "reason": "error"}
         assert colo_status(pvm)["mode"] == "none"
         assert pvm.qmp("query-status")["status"] == "running"
+        # Not "completed": the VM did not move.
+        assert pvm.wait_migration({"failed"}, 30, fail_set=())
         client.wait_replies(25, 60, after=time.monotonic())
         assert differing_pages(reference, save_memory(
             pvm, os.path.join(workdir, "p-now.mem"))) != []

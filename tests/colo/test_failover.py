@@ -10,8 +10,13 @@ time.  After every failover:
   lost_heartbeat  the primary vanishes without its connections closing (the
                   stream proxy freezes, the primary is killed); the
                   secondary is told with x-colo-lost-heartbeat
-  broken_stream   the primary is killed: the secondary fails over by itself
+  broken_stream   the primary is killed: the secondary fails over by itself;
+                  the documented failover commands still succeed after
   secondary_dies  the secondary is killed: the primary carries on alone
+  primary_quits   the primary is shut down (quit, SIGTERM): it releases no
+                  output the secondary's checkpoint does not cover
+  cancel          migrate_cancel in COLO: the primary serves on, the
+                  secondary stays down
   kill_at_random  the primary is killed at random instants, half of them
                   inside a checkpoint: the stream proxy lets a random part
                   of one through and then goes silent, as a dying host
@@ -94,14 +99,18 @@ def test_lost_heartbeat(bed, vm_factory, workdir, counter, results_dir):
         svm.wait_status({"running"}, 30)
         log = takeover(client, t_kill, results_dir, "lost-heartbeat")
         assert_client_ok(log, int(query_guest(bed, "get")))
-        with pytest.raises(Exception, match="not in COLO mode"):
-            svm.qmp("x-colo-lost-heartbeat")
+        # Said again: success, nothing changes.
+        svm.qmp("x-colo-lost-heartbeat")
+        assert colo_status(svm)["reason"] == "request"
+        assert svm.qmp("query-status")["status"] == "running"
     finally:
         proxy.close()
 
 
 def test_broken_stream(bed, vm_factory, workdir, counter, results_dir):
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             append=disk.guest_append(), disk=disk)
     client = counter(interval=0.02, timeout=30, duration=600)
     client.wait_replies(50, 60)
     t_kill = time.monotonic()
@@ -109,8 +118,56 @@ def test_broken_stream(bed, vm_factory, workdir, counter, results_dir):
     ev = svm.wait_event("COLO_EXIT", 30)
     assert ev["data"] == {"mode": "secondary", "reason": "error"}
     svm.wait_status({"running"}, 30)
+    # QEMU's COLO-FT.txt, "Secondary Failover", as a management tool sends
+    # it once it notices: the secondary has already taken over by itself,
+    # and every command still succeeds.
+    svm.qmp("nbd-server-stop")
+    svm.qmp("x-colo-lost-heartbeat")
+    assert colo_status(svm)["reason"] == "error"
     log = takeover(client, t_kill, results_dir, "broken-stream")
     assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+@pytest.mark.parametrize("how", ["quit", "sigterm"])
+def test_primary_quits(how, bed, vm_factory, workdir, counter, results_dir):
+    """A primary that is shut down (quit, SIGTERM: host maintenance) lets
+    no output out that the checkpoint the secondary takes over from does
+    not cover: the client's counter never repeats or goes back."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=200)
+    client = counter(interval=0.01, timeout=30, duration=600)
+    client.wait_replies(50, 60)
+    t_kill = time.monotonic()
+    if how == "quit":
+        pvm.qmp("quit")
+    else:
+        pvm.proc.send_signal(signal.SIGTERM)
+    pvm.proc.wait(timeout=30)
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"]["mode"] == "secondary"
+    svm.wait_status({"running"}, 30)
+    log = takeover(client, t_kill, results_dir, "primary-" + how)
+    assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+def test_cancel(bed, vm_factory, workdir, counter):
+    """migrate_cancel on the primary in COLO: the primary serves on alone,
+    the secondary is told and stays down (two copies never serve)."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(25, 60)
+    pvm.qmp("migrate_cancel")
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "secondary", "reason": "error"}
+    assert svm.qmp("query-status")["status"] == "colo"
+    with pytest.raises(Exception, match="without taking over"):
+        svm.qmp("x-colo-lost-heartbeat")
+    ev = pvm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "primary", "reason": "request"}
+    pvm.wait_migration({"cancelled"}, 30)
+    assert pvm.qmp("query-status")["status"] == "running"
+    client.wait_replies(25, 60, after=time.monotonic())
+    client.stop()
+    assert_client_ok(CounterLog(client.out), int(query_guest(bed, "get")))
 
 
 def test_secondary_dies(bed, vm_factory, workdir, counter, results_dir):
@@ -122,6 +179,8 @@ def test_secondary_dies(bed, vm_factory, workdir, counter, results_dir):
     ev = pvm.wait_event("COLO_EXIT", 30)
     assert ev["data"]["mode"] == "primary"
     assert pvm.qmp("query-status")["status"] == "running"
+    # COLO-FT.txt's "Primary Failover" ends with this: it succeeds.
+    pvm.qmp("x-colo-lost-heartbeat")
     log = takeover(client, t_kill, results_dir, "secondary-dies")
     assert_client_ok(log, int(query_guest(bed, "get")))
 
