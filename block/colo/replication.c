@@ -214,8 +214,13 @@ static int colo_repl_write_done(BDRVColoReplicationState *s, int ret)
     if (s->mode == REPLICATION_MODE_SECONDARY) {
         s->svm_wrote = true;
     }
+    /*
+     * From the moment the replica is in the quorum (idle: the initial
+     * migration), a failed write leaves the secondary's disk short of it.
+     */
     if (ret < 0 && s->mode == REPLICATION_MODE_PRIMARY &&
-        s->stage == COLO_REPL_RUNNING && !s->write_error) {
+        (s->stage == COLO_REPL_RUNNING || s->stage == COLO_REPL_IDLE) &&
+        !s->write_error) {
         s->write_error = ret;
         trace_colo_repl_write_error(bdrv_get_node_name(s->bs), ret);
     }
@@ -676,6 +681,13 @@ static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
                    bdrv_get_node_name(bs));
         return;
     }
+    if (s->stage == COLO_REPL_IDLE && s->write_error) {
+        error_setg_errno(errp, -s->write_error, "replication: a write to "
+                         "the secondary through '%s' failed before COLO "
+                         "started: the secondary's disk is not a copy of "
+                         "this one", bdrv_get_node_name(bs));
+        return;
+    }
     if (mode == REPLICATION_MODE_SECONDARY &&
         !colo_repl_secondary_start(s, errp)) {
         return;
@@ -728,9 +740,9 @@ static void colo_repl_get_error(ReplicationState *rs, Error **errp)
     }
 }
 
-static void colo_repl_stop(ReplicationState *rs, bool failover, Error **errp)
+static void colo_repl_do_stop(BlockDriverState *bs, bool failover,
+                              Error **errp)
 {
-    BlockDriverState *bs = rs->opaque;
     BDRVColoReplicationState *s = bs->opaque;
 
     if (!colo_repl_running(bs, errp)) {
@@ -751,6 +763,11 @@ static void colo_repl_stop(ReplicationState *rs, bool failover, Error **errp)
                         ? COLO_REPL_FAILED_OVER : COLO_REPL_IDLE);
 }
 
+static void colo_repl_stop(ReplicationState *rs, bool failover, Error **errp)
+{
+    colo_repl_do_stop(rs->opaque, failover, errp);
+}
+
 static ReplicationOps colo_repl_ops = {
     .start = colo_repl_start,
     .stop = colo_repl_stop,
@@ -764,10 +781,20 @@ static void colo_repl_close(BlockDriverState *bs)
 {
     BDRVColoReplicationState *s = bs->opaque;
 
-    if (s->stage == COLO_REPL_RUNNING) {
-        colo_repl_stop(s->rs, false, NULL);
-    }
+    /*
+     * Out of the registry first: the migration thread's release (which
+     * does not take the BQL) cannot reach this node any more.
+     */
     replication_remove(s->rs);
+    if (s->stage == COLO_REPL_RUNNING) {
+        colo_repl_do_stop(bs, false, NULL);
+    }
+    /*
+     * A release (that stop's, or one the migration thread made before the
+     * removal) runs its wake-up in a bottom half that uses @s and @bs; it
+     * counts as in flight: let it run before they are freed.
+     */
+    BDRV_POLL_WHILE(bs, qatomic_read(&bs->in_flight) > 0);
     timer_free(s->drained_hold);
     g_free(s->top_id);
 }

@@ -503,6 +503,55 @@ START_TEST(primary_write_error_is_reported)
 }
 END_TEST
 
+/*
+ * Closing a node whose writes are held (a replica removed and deleted
+ * while the secondary is silent) leaves nothing behind that would use it
+ * after it is freed: no wake-up still scheduled.
+ */
+START_TEST(primary_close_while_holding)
+{
+    g_autofree char *target = image("target.raw", "raw", 0);
+    BlockBackend *blk;
+
+    blk = primary_held(target);
+    blk_unref(blk);
+    bdrv_unref(bdrv_find_node("repl"));
+    ck_assert_ptr_null(bdrv_find_node("repl"));
+    /* A release after the close finds no node to act on. */
+    replication_release_writes_all();
+    ck_assert(!aio_poll(qemu_get_aio_context(), false));
+}
+END_TEST
+
+/*
+ * A write that failed to reach the secondary before COLO started (the
+ * replica sits in the quorum during the initial migration, whose quorum
+ * hides the failure) means the secondary's disk lacks it: COLO must not
+ * start on it.
+ */
+START_TEST(primary_error_before_start_refuses_start)
+{
+    g_autofree char *target = image("target.raw", "raw", 0);
+    QDict *opts = qdict_new();
+    BlockBackend *blk;
+    Error *err;
+
+    qdict_put_str(opts, "node-name", "repl");
+    qdict_put_str(opts, "driver", "replication");
+    qdict_put_str(opts, "mode", "primary");
+    qdict_put_str(opts, "file.driver", "blkdebug");
+    qdict_put_str(opts, "file.inject-error.0.event", "pwritev");
+    qdict_put_str(opts, "file.inject-error.0.errno", "5");
+    qdict_put_str(opts, "file.image.driver", "file");
+    qdict_put_str(opts, "file.image.filename", target);
+    blk = backend(bdrv_open(NULL, NULL, opts, BDRV_O_RDWR, &error_abort));
+
+    ck_assert_int_lt(write_pattern(blk, 0, 0x99), 0);
+    err = start(REPLICATION_MODE_PRIMARY);
+    ck_assert_error(err, "failed before COLO started");
+}
+END_TEST
+
 START_TEST(bad_options)
 {
     g_autofree char *disk = image("disk.raw", "raw", 0x11);
@@ -563,6 +612,8 @@ static Suite *replication_suite(void)
     tcase_add_test(tc, primary_holds_writes);
     tcase_add_test(tc, primary_stop_releases_and_detaches);
     tcase_add_test(tc, primary_drained_hold_is_bounded);
+    tcase_add_test(tc, primary_close_while_holding);
+    tcase_add_test(tc, primary_error_before_start_refuses_start);
     tcase_add_test(tc, primary_write_error_is_reported);
     tcase_add_test(tc, bad_options);
     suite_add_tcase(s, tc);
