@@ -11,6 +11,10 @@
                checkpoint's; the primary carries on alone.  A cut stream
                (the primary looks dead) makes the secondary take over; a
                corrupt one (the primary is alive) leaves it down.
+  filter       the output-commit filter cannot be deleted by hand; a deleted
+               netdev takes it along safely.
+  stop_cont    cont and stop are refused on a secondary in COLO; a primary
+               stopped at any instant stays stopped across checkpoints.
   shutdown     a guest that powers off in COLO takes both QEMUs down cleanly.
 
 Results (checkpoint statistics) go to colo-*.json in the results dir.
@@ -156,6 +160,39 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
         assert_client_ok(CounterLog(client.out))
     finally:
         proxy.close()
+
+
+def test_output_filter_owned_by_colo(bed, vm_factory, workdir):
+    """The output-commit filter is COLO's: object-del refuses it; deleting
+    its netdev takes it along, and checkpoints go on without it."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=50)
+    with pytest.raises(Exception, match="in use"):
+        pvm.qmp("object-del", id="colo-output-hn0")
+    pvm.qmp("netdev_del", id="hn0")
+    n = checkpoints(svm)
+    wait_until(lambda: checkpoints(svm) >= n + 5, 60, "5 more checkpoints")
+    assert colo_status(pvm)["mode"] == "primary"
+    assert pvm.is_running() and svm.is_running()
+
+
+def test_stop_cont_in_colo(bed, vm_factory, workdir):
+    """A secondary's VM runs only after a failover: cont and stop are
+    refused in COLO.  A primary's stop holds across checkpoints."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=20)
+    for cmd in ("cont", "stop"):
+        with pytest.raises(Exception, match="stopped by COLO"):
+            svm.qmp(cmd)
+    assert svm.qmp("query-status")["status"] == "colo"
+    # Stops that land anywhere in the period, inside a checkpoint's stop
+    # or not, leave the primary paused.
+    for i in range(30):
+        pvm.qmp("stop")
+        n = checkpoints(svm)
+        wait_until(lambda: checkpoints(svm) >= n + 2, 30, "2 checkpoints")
+        assert pvm.qmp("query-status")["status"] == "paused", i
+        pvm.qmp("cont")
+        time.sleep(0.001 * (i % 7))
+    assert colo_status(pvm)["mode"] == "primary"
 
 
 def test_guest_shutdown(bed, vm_factory, workdir):
