@@ -78,6 +78,20 @@ class StreamProxy:
             s.sendall(line.encode() + b"\n")
             return s.recv(64).decode().strip()
 
+    def arm(self, line):
+        """Send LINE, a command answered later (forge, reset): returns the
+        connection to read the answer from with answer()."""
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(60)
+        s.connect(self.control)
+        s.sendall(line.encode() + b"\n")
+        return s
+
+    @staticmethod
+    def answer(conn):
+        with conn:
+            return conn.recv(64).decode().strip()
+
     def close(self):
         if self.proc.poll() is None:
             self.proc.kill()

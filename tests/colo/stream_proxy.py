@@ -18,14 +18,68 @@ answer "ok":
     freeze N   the same after forwarding N more bytes (mid-checkpoint)
     count      answer the number of bytes forwarded so far
 
+Two commands act on the next COLO CHECKPOINT message (migration/colo/
+protocol.h) the primary sends, and answer only once it has gone by; arm
+them while no checkpoint is on the way:
+
+    forge HEX  replace it with a well-framed one (same checkpoint number,
+               valid checksums) that carries no RAM and the device state
+               HEX: a hostile or broken primary
+    reset      forward it whole, wait until the secondary's kernel has it,
+               then reset the secondary's connection before the secondary
+               acknowledges it; answers "reset SEQ", or "late" if the
+               acknowledgement came first
+
 It exits when either side closes, or on SIGTERM.
 """
 
+import fcntl
 import os
 import random
 import select
 import socket
+import struct
 import sys
+import termios
+import time
+import zlib
+
+COLO_MAGIC = b"COLO"
+COLO_HEADER = 32
+COLO_CHECKPOINT = 2
+
+
+def colo_header(buf):
+    """(type, seq, length) of a valid COLO header at the start of BUF."""
+    if len(buf) < COLO_HEADER or buf[:4] != COLO_MAGIC:
+        return None
+    if zlib.crc32(buf[:28]) != struct.unpack(">I", buf[28:32])[0]:
+        return None
+    mtype, _, seq, length = struct.unpack(">HHQQ", buf[4:24])
+    return mtype, seq, length
+
+
+def colo_message(mtype, seq, payload):
+    head = COLO_MAGIC + struct.pack(">HHQQI", mtype, 0, seq, len(payload),
+                                    zlib.crc32(payload))
+    return head + struct.pack(">I", zlib.crc32(head)) + payload
+
+
+def find_checkpoint(buf):
+    """Offset of the first valid CHECKPOINT header in BUF, or None."""
+    i = buf.find(COLO_MAGIC)
+    while i >= 0:
+        h = colo_header(buf[i:i + COLO_HEADER])
+        if h and h[0] == COLO_CHECKPOINT:
+            return i
+        i = buf.find(COLO_MAGIC, i + 1)
+    return None
+
+
+def unacked(sock):
+    """Bytes sent on SOCK that its peer's kernel has not acknowledged."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ,
+                                          b"\0\0\0\0"))[0]
 
 
 def main(argv):
@@ -52,6 +106,8 @@ def main(argv):
     flip_at = None      # absolute forward offset of the byte to flip
     controls = []
     frozen = False
+    armed = None        # (command, argument, control socket) for CHECKPOINT
+    held = b""          # forward bytes held while looking for it
     while True:
         peers = [] if frozen else [src, dst]
         rlist, _, _ = select.select(peers + [csock] + controls, [], [], 60)
@@ -80,6 +136,9 @@ def main(argv):
                 elif cmd == "count":
                     r.sendall(b"%d\n" % forwarded)
                     continue
+                elif cmd in ("forge", "reset"):
+                    armed = (cmd, arg, r)
+                    continue
                 r.sendall(b"ok\n")
                 continue
             data = r.recv(1 << 16)
@@ -87,6 +146,20 @@ def main(argv):
                 return 0
             if r is dst:
                 src.sendall(data)
+                continue
+            if armed:
+                held += data
+                done = on_checkpoint(armed, held, src, dst)
+                if done is None:
+                    continue
+                sent, answer = done
+                armed[2].sendall(answer.encode() + b"\n")
+                armed = None
+                if answer.startswith("reset"):
+                    src.shutdown(socket.SHUT_RDWR)
+                    return 0
+                forwarded += sent
+                held = b""
                 continue
             if flip_at is not None and forwarded <= flip_at < forwarded + len(data):
                 i = flip_at - forwarded
@@ -105,6 +178,35 @@ def main(argv):
                 return 0
             dst.sendall(data)
             forwarded += len(data)
+
+
+def on_checkpoint(armed, held, src, dst):
+    """Act on the CHECKPOINT in HELD once it is whole: returns (bytes sent
+    on, answer), or None while it is not whole yet."""
+    cmd, arg, _ = armed
+    at = find_checkpoint(held)
+    if at is None:
+        return None
+    _, seq, length = colo_header(held[at:at + COLO_HEADER])
+    end = at + COLO_HEADER + length
+    if len(held) < end:
+        return None
+    if cmd == "forge":
+        msg = colo_message(COLO_CHECKPOINT, seq,
+                           struct.pack(">Q", 0) + bytes.fromhex(arg))
+        dst.sendall(held[:at] + msg + held[end:])
+        return len(held) - (end - at) + len(msg), "ok"
+    # reset: everything up to the end of the checkpoint, nothing after.
+    dst.sendall(held[:end])
+    deadline = time.monotonic() + 5
+    while unacked(dst) and time.monotonic() < deadline:
+        pass
+    if select.select([dst], [], [], 0)[0]:
+        return 0, "late"
+    dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                   struct.pack("ii", 1, 0))
+    dst.close()
+    return 0, "reset %d" % seq
 
 
 if __name__ == "__main__":

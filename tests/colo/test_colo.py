@@ -11,6 +11,8 @@
                checkpoint's; the primary carries on alone.  A cut stream
                (the primary looks dead) makes the secondary take over; a
                corrupt one (the primary is alive) leaves it down.
+  hostile      a well-framed checkpoint whose device state is a migration
+               command: refused, the secondary stays down.
   filter       the output-commit filter cannot be deleted by hand; a deleted
                netdev takes it along safely.
   stop_cont    cont and stop are refused on a secondary in COLO; a primary
@@ -156,6 +158,41 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
         client.wait_replies(25, 60, after=time.monotonic())
         assert differing_pages(reference, save_memory(
             pvm, os.path.join(workdir, "p-now.mem"))) != []
+        client.stop()
+        assert_client_ok(CounterLog(client.out))
+    finally:
+        proxy.close()
+
+
+# A well-framed checkpoint whose device state is a migration command (a
+# PING, which would write a PONG into COLO's return channel), then EOF.
+HOSTILE_DEVICE_STATE = "08" "0002" "0004" "12345678" "00"
+
+
+def test_hostile_device_state(bed, vm_factory, workdir, counter):
+    """A checkpoint's device state is loaded as whole device sections only:
+    a command in it is refused, and the secondary stays down."""
+    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                                 via_proxy=True)
+    try:
+        client = counter(interval=0.02, timeout=30, duration=600)
+        client.wait_replies(10, 60)
+        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+        wait_until(lambda: checkpoints(pvm) == checkpoints(svm), 30,
+                   "no checkpoint in flight")
+        n = checkpoints(svm)
+        conn = proxy.arm("forge " + HOSTILE_DEVICE_STATE)
+        pvm.qmp("x-colo-checkpoint")
+        assert proxy.answer(conn) == "ok"
+        ev = svm.wait_event("COLO_EXIT", 60)
+        assert ev["data"] == {"mode": "secondary", "reason": "error"}
+        assert checkpoints(svm) == n
+        with pytest.raises(Exception, match="without taking over"):
+            svm.qmp("x-colo-lost-heartbeat")
+        assert svm.qmp("query-status")["status"] == "colo"
+        pvm.wait_event("COLO_EXIT", 60)
+        assert pvm.qmp("query-status")["status"] == "running"
+        client.wait_replies(25, 60, after=time.monotonic())
         client.stop()
         assert_client_ok(CounterLog(client.out))
     finally:

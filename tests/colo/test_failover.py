@@ -15,6 +15,8 @@ time.  After every failover:
   secondary_dies  the secondary is killed: the primary carries on alone
   primary_quits   the primary is shut down (quit, SIGTERM): it releases no
                   output the secondary's checkpoint does not cover
+  ack_lost        the connection resets between a checkpoint's commit on
+                  the secondary and its ack: the SVM still loads it
   cancel          migrate_cancel in COLO: the primary serves on, the
                   secondary stays down
   kill_at_random  the primary is killed at random instants, half of them
@@ -126,6 +128,40 @@ def test_broken_stream(bed, vm_factory, workdir, counter, results_dir):
     assert colo_status(svm)["reason"] == "error"
     log = takeover(client, t_kill, results_dir, "broken-stream")
     assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+def test_ack_lost_after_commit(bed, vm_factory, workdir):
+    """The secondary's disks move to a checkpoint before it acknowledges
+    it; if the acknowledgement cannot be sent (the connection is reset
+    just then), the SVM still loads that checkpoint before it takes over:
+    memory and disks stand at the same one."""
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                                 append="colo.dirty_mbps=20 colo.dirty_mb=64 "
+                                 + disk.guest_append(), via_proxy=True,
+                                 disk=disk)
+    try:
+        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+        answer = "late"
+        # The reset must beat the secondary's ack; a big checkpoint (its
+        # checksum alone takes milliseconds) gives it the time.  Bounded.
+        for _ in range(10):
+            wait_until(lambda: checkpoints(pvm) == checkpoints(svm), 30,
+                       "no checkpoint in flight")
+            time.sleep(0.5)
+            conn = proxy.arm("reset")
+            pvm.qmp("x-colo-checkpoint")
+            answer = proxy.answer(conn)
+            if answer != "late":
+                break
+        assert answer.startswith("reset "), answer
+        seq = int(answer.split()[1])
+        ev = svm.wait_event("COLO_EXIT", 30)
+        assert ev["data"] == {"mode": "secondary", "reason": "error"}
+        svm.wait_status({"running"}, 30)
+        assert checkpoints(svm) == seq
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize("how", ["quit", "sigterm"])
