@@ -84,6 +84,7 @@ BASE_QTESTS="/x86_64/migration/precopy/unix/plain
 /x86_64/migration/precopy/unix/suspend/live"
 # Ours, on the same framework (tests/qtest/migration/colo-tests.c).
 COLO_QTESTS="/x86_64/migration/colo/memory-equal/delay-50
+/x86_64/migration/colo/reset-keeps-ram
 /x86_64/migration/colo/memory-equal/delay-500
 /x86_64/migration/colo/incompatible-caps
 /x86_64/migration/colo/checkpoint-delay-alias
