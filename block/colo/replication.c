@@ -36,6 +36,7 @@
 #include "qapi/qapi-commands-block-export.h"
 #include "qemu/coroutine.h"
 #include "qemu/main-loop.h"
+#include "qemu/memalign.h"
 #include "qemu/module.h"
 #include "qemu/option.h"
 #include "qemu/timer.h"
@@ -565,7 +566,8 @@ static bool colo_repl_commit_layer(BlockBackend *top, BlockBackend *disk,
 {
     BlockDriverState *bs = blk_bs(top);
     int64_t len = blk_getlength(top), offset, pnum;
-    g_autofree uint8_t *buf = NULL;
+    uint8_t *buf;
+    bool ok = false;
     int ret;
 
     if (len < 0) {
@@ -573,6 +575,7 @@ static bool colo_repl_commit_layer(BlockBackend *top, BlockBackend *disk,
                          bdrv_get_node_name(bs));
         return false;
     }
+    /* Aligned memory is freed with qemu_vfree(), never g_free(). */
     buf = blk_blockalign(top, COLO_REPL_COMMIT_CHUNK);
     for (offset = 0; offset < len; offset += pnum) {
         bdrv_graph_rdlock_main_loop();
@@ -583,7 +586,7 @@ static bool colo_repl_commit_layer(BlockBackend *top, BlockBackend *disk,
         if (ret < 0) {
             error_setg_errno(errp, -ret, "cannot read the allocation of '%s'",
                              bdrv_get_node_name(bs));
-            return false;
+            goto out;
         }
         if (!ret) {
             continue;
@@ -592,16 +595,19 @@ static bool colo_repl_commit_layer(BlockBackend *top, BlockBackend *disk,
         if (ret < 0) {
             error_setg_errno(errp, -ret, "reading '%s' failed",
                              bdrv_get_node_name(bs));
-            return false;
+            goto out;
         }
         ret = blk_pwrite(disk, offset, pnum, buf, 0);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "writing '%s' failed",
                              bdrv_get_node_name(blk_bs(disk)));
-            return false;
+            goto out;
         }
     }
-    return true;
+    ok = true;
+out:
+    qemu_vfree(buf);
+    return ok;
 }
 
 static bool colo_repl_secondary_failover(BDRVColoReplicationState *s,

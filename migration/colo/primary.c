@@ -169,7 +169,8 @@ static bool colo_primary_wait(int64_t last_start_ms)
             now >= due) {
             return true;
         }
-        qemu_sem_timedwait(&colo_state.kick, due - now);
+        /* x-checkpoint-delay is 32-bit unsigned: more than an int holds. */
+        qemu_sem_timedwait(&colo_state.kick, MIN(due - now, INT_MAX));
     }
 }
 
