@@ -532,26 +532,30 @@ fail:
 
 /*
  * Fence the primary: close the exports through which it writes the
- * secondary disk, so that a primary that is not quite dead cannot write
- * to the disk the VM now runs on.
+ * secondary disk (on the disk, its copy-before-write filter, or any other
+ * filter above it), so that a primary that is not quite dead cannot write
+ * to the disk the VM now runs on, and no half-received write of it can
+ * hold up the drains that follow.
  */
 static void colo_repl_fence_primary(BDRVColoReplicationState *s)
 {
     g_autoptr(BlockExportInfoList) exports = qmp_query_block_exports(NULL);
-    const char *cbw_name = bdrv_get_node_name(s->cbw);
-    const char *disk_name = bdrv_get_node_name(s->disk);
     BlockExportInfoList *e;
 
     for (e = exports; e; e = e->next) {
-        if (!strcmp(e->value->node_name, cbw_name) ||
-            !strcmp(e->value->node_name, disk_name)) {
-            BlockExport *exp = blk_exp_find(e->value->id);
+        BlockDriverState *node = bdrv_find_node(e->value->node_name);
+        BlockExport *exp = blk_exp_find(e->value->id);
+        bool writes_disk;
 
-            if (exp) {
-                trace_colo_repl_fence(bdrv_get_node_name(s->bs),
-                                      e->value->id);
-                blk_exp_request_shutdown(exp);
-            }
+        if (!node || !exp) {
+            continue;
+        }
+        bdrv_graph_rdlock_main_loop();
+        writes_disk = bdrv_skip_filters(node) == s->disk;
+        bdrv_graph_rdunlock_main_loop();
+        if (writes_disk) {
+            trace_colo_repl_fence(bdrv_get_node_name(s->bs), e->value->id);
+            blk_exp_request_shutdown(exp);
         }
     }
 }

@@ -76,7 +76,9 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     struct iovec iov[2];
     uint64_t seq = p->seq + 1;
 
-    p->ram.len = 8;
+    /* The RAM part's length comes first; it is known after the capture. */
+    p->ram.len = 0;
+    colo_buf_append(&p->ram, &(uint64_t){ 0 }, sizeof(uint64_t));
 
     bql_lock();
     t_stop = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
@@ -203,7 +205,8 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     replication_start_all(REPLICATION_MODE_PRIMARY, errp);
     ok = !*errp && colo_output_start(errp);
     if (ok) {
-        vm_start();
+        /* As it was before the migration: a paused VM stays paused. */
+        vm_resume(p->s->vm_old_state);
     }
     bql_unlock();
     return ok;
@@ -270,6 +273,10 @@ void colo_primary_run(MigrationState *s)
     bql_unlock();
     colo_state_exit(reason, err);
     colo_failover_end();
+    /* What the migration's end restores: the VM's state as COLO left it. */
+    bql_lock();
+    s->vm_old_state = runstate_get();
+    bql_unlock();
     /*
      * The VM did not move: this migration failed or was abandoned, never
      * "completed" (which would tell listeners, SPICE among them, that

@@ -14,6 +14,12 @@
                     colo-1000   the same at 1000 ms
                   run in turns, ROUNDS times, so that machine noise hits
                   all alike; the median of the rounds is reported.
+  pause           in the colo-* runs, the primary's mean and longest pause
+                  per checkpoint (query-colo-status) with the disk writer
+                  busy: the stop drains the replicated disk.  With
+                  --qemu-b PATH the colo-* runs are repeated, in turns,
+                  with that QEMU binary: two builds side by side (e.g. a
+                  stop that flushes against one that does not).
   failover commit the secondary's failover with N MB of pre-images in the
                   hidden disk (the primary overwrote N MB since the last
                   checkpoint), timed around xen-set-replication
@@ -21,6 +27,7 @@
 
     sudo /usr/bin/python3 tests/colo/bench_disk.py [--seconds N]
         [--rounds N] [--sizes 16,64,256] [--out FILE] [--quick]
+        [--qemu-b PATH]
 """
 
 import argparse
@@ -53,7 +60,10 @@ def write_window(bed, seconds):
     return (t1 - t0) * 1000 / (s1 - s0), s1 - s0
 
 
-def latency_setup(kind, seconds):
+def latency_setup(kind, seconds, qemu=None):
+    """(ms per write, writes, (mean, max) pause in us or None) for KIND,
+    with QEMU binary QEMU (default: the build's)."""
+    pvm = None
     with standalone_bed("colo-bench-disk-") as (bed, make_vm, workdir):
         disk = ReplicatedDisk(workdir)
         append = disk.guest_append(interval_ms=0)
@@ -74,10 +84,15 @@ def latency_setup(kind, seconds):
             disk.protect(pvm, svm)
         else:
             delay = int(kind.split("-")[1])
-            start_pair(bed, make_vm, workdir, delay_ms=delay, append=append,
-                       disk=disk)
+            pvm, _, _ = start_pair(bed, make_vm, workdir, delay_ms=delay,
+                                   append=append, disk=disk, qemu=qemu)
         time.sleep(1)
-        return write_window(bed, seconds)
+        ms, n = write_window(bed, seconds)
+        pause = None
+        if pvm is not None:
+            st = pvm.qmp("query-colo-status")["stats"]
+            pause = (st["pause-mean-us"], st["pause-max-us"])
+        return ms, n, pause
 
 
 def commit_time(size_mb):
@@ -131,6 +146,8 @@ def main():
                     help="--seconds 5 --rounds 1 --sizes 16,64")
     ap.add_argument("--out", default=os.path.join(
         colo_env.BUILD_DIR, "results", "bench-disk.json"))
+    ap.add_argument("--qemu-b", default=None,
+                    help="a second QEMU binary for the colo-* runs")
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.sizes = 5, 1, "16,64"
@@ -138,13 +155,21 @@ def main():
         sys.exit("bench_disk: needs root (network namespaces and taps)")
 
     kinds = ["local", "replica", "colo-100", "colo-1000"]
-    lat = {k: [] for k in kinds}
+    runs = [(k, None) for k in kinds]
+    if args.qemu_b:
+        runs += [(k + "-b", args.qemu_b) for k in kinds if k.startswith("colo")]
+    lat = {k: [] for k, _ in runs}
+    pauses = {k: [] for k, _ in runs}
     for r in range(args.rounds):
-        for k in kinds:
-            ms, n = latency_setup(k, args.seconds)
+        for k, qemu in runs:
+            ms, n, pause = latency_setup(k.removesuffix("-b"), args.seconds,
+                                         qemu)
             lat[k].append(ms)
-            print("round %d %-10s %7.3f ms/write (%d writes)" % (r, k, ms, n),
-                  flush=True)
+            line = "round %d %-12s %7.3f ms/write (%d writes)" % (r, k, ms, n)
+            if pause:
+                pauses[k].append(pause)
+                line += ", pause mean %d us, max %d us" % pause
+            print(line, flush=True)
     commits = {}
     for mb in [int(x) for x in args.sizes.split(",")]:
         commits[mb] = commit_time(mb)
@@ -154,16 +179,23 @@ def main():
     base = statistics.median(lat["local"])
     print("\nwrite latency (median of %d rounds of %d s, 4 KiB O_DSYNC)"
           % (args.rounds, args.seconds))
-    for k in kinds:
+    for k, _ in runs:
         m = statistics.median(lat[k])
-        print("  %-10s %7.3f ms  x%.2f of local" % (k, m, m / base))
+        line = "  %-12s %7.3f ms  x%.2f of local" % (k, m, m / base)
+        if pauses[k]:
+            line += ", pause mean %.0f us (median of rounds), max %d us" % (
+                statistics.median(p[0] for p in pauses[k]),
+                max(p[1] for p in pauses[k]))
+        print(line)
+    if args.qemu_b:
+        print("  (-b: %s)" % args.qemu_b)
     print("failover commit")
     for mb, t in commits.items():
         print("  %4d MB in the hidden disk: %6.0f ms (%.0f MB/s)"
               % (mb, t * 1000, mb / t))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"write_ms": lat, "commit_s": commits,
+        json.dump({"write_ms": lat, "pause_us": pauses, "commit_s": commits,
                    "seconds": args.seconds, "rounds": args.rounds}, f,
                   indent=1)
     print("results: %s" % args.out)

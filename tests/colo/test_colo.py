@@ -17,6 +17,8 @@
                netdev takes it along safely.
   stop_cont    cont and stop are refused on a secondary in COLO; a primary
                stopped at any instant stays stopped across checkpoints.
+  paused       a primary paused before migrate is protected paused; leaving
+               COLO does not resume it.
   shutdown     a guest that powers off in COLO takes both QEMUs down cleanly.
 
 Results (checkpoint statistics) go to colo-*.json in the results dir.
@@ -230,6 +232,24 @@ def test_stop_cont_in_colo(bed, vm_factory, workdir):
         pvm.qmp("cont")
         time.sleep(0.001 * (i % 7))
     assert colo_status(pvm)["mode"] == "primary"
+
+
+def test_paused_primary_stays_paused(bed, vm_factory, workdir):
+    """A primary paused before migrate is protected paused, and leaving
+    COLO leaves it in the run state it is in."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=50,
+                             before_migrate=lambda p, s: p.qmp("stop"))
+    assert pvm.qmp("query-status")["status"] == "paused"
+    n = checkpoints(svm)
+    pvm.qmp("x-colo-checkpoint")
+    wait_until(lambda: checkpoints(svm) > n, 30, "a checkpoint")
+    assert pvm.qmp("query-status")["status"] == "paused"
+    pvm.qmp("cont")
+    pvm.wait_status({"running"}, 10)
+    pvm.qmp("stop")
+    pvm.qmp("migrate_cancel")
+    pvm.wait_migration({"cancelled"}, 30)
+    assert pvm.qmp("query-status")["status"] == "paused"
 
 
 def test_guest_shutdown(bed, vm_factory, workdir):
