@@ -9,6 +9,7 @@
 
 #include "qapi/qapi-types-migration.h"
 #include "qemu/thread.h"
+#include "qemu/timer.h"
 
 /* Checkpoint statistics of this side; see COLOCheckpointStats. */
 typedef struct ColoStats {
@@ -45,6 +46,8 @@ typedef struct ColoState {
     QemuSemaphore kick;
     /* Posted by the primary's loop when it has left COLO. */
     QemuSemaphore primary_exited;
+    /* Shuts the channel down whole if a soft interrupt did not do. */
+    QEMUTimer *interrupt_grace;
 } ColoState;
 
 extern ColoState colo_state;
@@ -61,6 +64,9 @@ void colo_state_exit(COLOExitReason reason, Error *err);
 /* A secondary leaves COLO without taking over: its SVM must never run. */
 void colo_state_exit_down(COLOExitReason reason, Error *err);
 
+/* The secondary has decided not to take over (it leaves COLO later). */
+void colo_state_mark_down(void);
+
 /*
  * The mode of this QEMU's last COLO session (none if it never was in
  * COLO); *@stayed_down tells whether it ended with a secondary that did
@@ -69,8 +75,10 @@ void colo_state_exit_down(COLOExitReason reason, Error *err);
 COLOMode colo_last_mode(bool *stayed_down);
 
 /*
- * Make the running side leave its loop at once: shut the replication
- * channel down (a blocked read or write returns) and wake its wait.
+ * Make the running side leave its loop at once and wake its wait.  A
+ * secondary's channel is shut down (a blocked read or write returns); a
+ * primary's only for reading at first, so that it can still tell the
+ * secondary that it serves on, and whole after a grace period.
  */
 void colo_state_interrupt(void);
 

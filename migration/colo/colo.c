@@ -18,7 +18,9 @@
 #include "qemu/main-loop.h"
 #include "qemu/module.h"
 #include "qemu/notify.h"
+#include "qemu/timer.h"
 #include "qobject/qdict.h"
+#include "io/channel.h"
 #include "monitor/hmp.h"
 #include "monitor/monitor.h"
 #include "system/runstate.h"
@@ -115,10 +117,11 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     colo_state.to_peer = to;
     colo_state.from_peer = from;
     qatomic_set(&colo_state.checkpoint_requested, false);
-    qatomic_set(&colo_state.exit_requested, false);
+    /* A cancel that came since the migration reached COLO state stands. */
+    qatomic_set(&colo_state.exit_requested,
+                qatomic_read(&colo_state.cancel_requested));
     qatomic_set(&colo_state.guest_shutdown, false);
     qatomic_set(&colo_state.quitting, false);
-    qatomic_set(&colo_state.cancel_requested, false);
     qatomic_set(&colo_state.stop_requested, false);
     failover_init_state();
     while (!qemu_sem_timedwait(&colo_state.primary_exited, 0)) {
@@ -139,6 +142,10 @@ void colo_state_exit(COLOExitReason reason, Error *err)
     colo_channel_shutdown_locked();
     colo_state.to_peer = NULL;
     colo_state.from_peer = NULL;
+    if (colo_state.interrupt_grace) {
+        timer_del(colo_state.interrupt_grace);
+    }
+    qatomic_set(&colo_state.cancel_requested, false);
     qemu_mutex_unlock(&colo_state.lock);
 
     trace_colo_exit(COLOMode_str(mode), COLOExitReason_str(reason));
@@ -148,11 +155,16 @@ void colo_state_exit(COLOExitReason reason, Error *err)
     qapi_event_send_colo_exit(mode, reason);
 }
 
-void colo_state_exit_down(COLOExitReason reason, Error *err)
+void colo_state_mark_down(void)
 {
     qemu_mutex_lock(&colo_state.lock);
     colo_state.stayed_down = true;
     qemu_mutex_unlock(&colo_state.lock);
+}
+
+void colo_state_exit_down(COLOExitReason reason, Error *err)
+{
+    colo_state_mark_down();
     colo_state_exit(reason, err);
 }
 
@@ -167,11 +179,42 @@ COLOMode colo_last_mode(bool *stayed_down)
     return mode;
 }
 
+/* The primary's loop is still blocked writing to a silent secondary. */
+static void colo_interrupt_grace_expired(void *opaque)
+{
+    qemu_mutex_lock(&colo_state.lock);
+    colo_channel_shutdown_locked();
+    qemu_mutex_unlock(&colo_state.lock);
+}
+
+#define COLO_INTERRUPT_GRACE_MS 1000
+
 void colo_state_interrupt(void)
 {
     qatomic_set(&colo_state.exit_requested, true);
     qemu_mutex_lock(&colo_state.lock);
-    colo_channel_shutdown_locked();
+    if (colo_state.mode == COLO_MODE_PRIMARY && colo_state.from_peer) {
+        /*
+         * The primary serves on after it leaves: its loop must be able to
+         * tell the secondary (ERROR), or a secondary that still hears it
+         * would take the closed stream for a dead primary and take over.
+         * Shut only the read side now (a blocked wait for the secondary
+         * returns; the peer sees nothing), and the whole channel if the
+         * loop is still blocked writing after a grace period.
+         */
+        qio_channel_shutdown(qemu_file_get_ioc(colo_state.from_peer),
+                             QIO_CHANNEL_SHUTDOWN_READ, NULL);
+        if (!colo_state.interrupt_grace) {
+            colo_state.interrupt_grace =
+                timer_new_ms(QEMU_CLOCK_REALTIME,
+                             colo_interrupt_grace_expired, NULL);
+        }
+        timer_mod(colo_state.interrupt_grace,
+                  qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                  COLO_INTERRUPT_GRACE_MS);
+    } else {
+        colo_channel_shutdown_locked();
+    }
     qemu_mutex_unlock(&colo_state.lock);
     qemu_sem_post(&colo_state.kick);
 }
@@ -240,18 +283,14 @@ void colo_shutdown(void)
     if (qemu_sem_timedwait(&colo_state.primary_exited,
                            COLO_SHUTDOWN_WAIT_MS)) {
         /* The loop is stuck on a silent secondary: unblock it. */
-        colo_state_interrupt();
+        qemu_mutex_lock(&colo_state.lock);
+        colo_channel_shutdown_locked();
+        qemu_mutex_unlock(&colo_state.lock);
         qemu_sem_timedwait(&colo_state.primary_exited, COLO_SHUTDOWN_WAIT_MS);
     }
     bql_lock();
 }
 
-/*
- * migrate_cancel (or an internal cancel) while in COLO.  The channel is
- * left open so that the loop can tell the secondary to stay down before
- * it leaves: a secondary that only saw the stream end would take over
- * while this side serves on.
- */
 void colo_stop_request(Error **errp)
 {
     if (get_colo_mode() != COLO_MODE_PRIMARY) {
@@ -262,14 +301,19 @@ void colo_stop_request(Error **errp)
     qatomic_set(&colo_state.stop_requested, true);
 }
 
+/*
+ * migrate_cancel (or an internal cancel) while the migration is in COLO
+ * state.  The loop leaves and tells the secondary to stay down before the
+ * channel closes: a secondary that only saw the stream end would take
+ * over while this side serves on.  A cancel before the loop entered COLO
+ * is kept for it (colo_state_enter()).
+ */
 void colo_cancel(void)
 {
-    if (get_colo_mode() != COLO_MODE_PRIMARY) {
-        return;
-    }
     qatomic_set(&colo_state.cancel_requested, true);
-    qatomic_set(&colo_state.exit_requested, true);
-    qemu_sem_post(&colo_state.kick);
+    if (get_colo_mode() == COLO_MODE_PRIMARY) {
+        colo_state_interrupt();
+    }
 }
 
 void migrate_start_colo_process(MigrationState *s)

@@ -100,16 +100,19 @@ void colo_failover_end(void)
 void qmp_x_colo_lost_heartbeat(Error **errp)
 {
     bool stayed_down;
+    COLOMode last = colo_last_mode(&stayed_down);
 
+    if (stayed_down) {
+        error_setg(errp, "This secondary left COLO without taking over "
+                   "(the primary went on alone, or the SVM is not a whole "
+                   "checkpoint): it cannot take over");
+        return;
+    }
     if (get_colo_mode() != COLO_MODE_NONE) {
         failover_request_active(errp);
         return;
     }
-    if (colo_last_mode(&stayed_down) == COLO_MODE_NONE) {
+    if (last == COLO_MODE_NONE) {
         error_setg(errp, "VM is not in COLO mode");
-    } else if (stayed_down) {
-        error_setg(errp, "This secondary left COLO without taking over "
-                   "(the primary went on alone, or the SVM is not a whole "
-                   "checkpoint): it cannot take over");
     }
 }

@@ -40,6 +40,7 @@ typedef struct ColoPrimary {
     uint64_t seq;               /* last checkpoint sent */
     ColoBuf ram;                /* checkpoint: be64 RAM length + records */
     ColoBuf reply;              /* last message from the secondary */
+    bool resumed;               /* COLO gave the VM its run state back */
 } ColoPrimary;
 
 /*
@@ -192,6 +193,11 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     qio_channel_set_delay(qemu_file_get_ioc(p->to), false);
 
     colo_state_enter(COLO_MODE_PRIMARY, p->to, p->from);
+    if (qatomic_read(&colo_state.exit_requested)) {
+        /* Cancelled between the migration's end and here. */
+        error_setg(errp, "COLO: cancelled before it started");
+        return false;
+    }
     if (!colo_msg_expect(p->from, COLO_MSG_HELLO, 0, &p->reply, errp) ||
         !colo_ram_layout_check(p->reply.data, p->reply.len, errp)) {
         return false;
@@ -207,6 +213,7 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     if (ok) {
         /* As it was before the migration: a paused VM stays paused. */
         vm_resume(p->s->vm_old_state);
+        p->resumed = true;
     }
     bql_unlock();
     return ok;
@@ -229,6 +236,11 @@ void colo_primary_run(MigrationState *s)
             }
         }
     }
+    if (qatomic_read(&colo_state.cancel_requested)) {
+        /* A channel error is only the wake-up the cancel caused. */
+        error_free(err);
+        err = NULL;
+    }
     reason = colo_failover_begin(&err);
     /*
      * Whether this side goes on serving decides what becomes of the
@@ -245,15 +257,19 @@ void colo_primary_run(MigrationState *s)
         if (qatomic_read(&colo_state.guest_shutdown)) {
             colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
         }
-    } else if (err || qatomic_read(&colo_state.cancel_requested)) {
+    } else {
         /*
-         * This side carries on alone: a secondary that can still hear
-         * must not take over too.
+         * This side carries on alone, whatever the cause (an error, a
+         * cancel, a failover request): a secondary that can still hear
+         * must not take over too.  A leave asked for shuts only the read
+         * side at first (colo_state_interrupt()), so that this goes out.
          */
         g_autoptr(Error) why = NULL;
 
         if (!err) {
-            error_setg(&why, "the primary left COLO: migration cancelled");
+            error_setg(&why, "the primary left COLO (%s) and serves on",
+                       qatomic_read(&colo_state.cancel_requested)
+                       ? "migration cancelled" : "failover requested");
         }
         colo_msg_send_error(p.to, p.seq, err ? err : why);
     }
@@ -268,15 +284,28 @@ void colo_primary_run(MigrationState *s)
      * survivor never did.
      */
     bql_lock();
+    if (!serving) {
+        /*
+         * Stop the guest before its output is let loose: QEMU's exit
+         * stops it only later, and what it sent meanwhile would reach
+         * clients unheld.
+         */
+        vm_stop_drain(RUN_STATE_SHUTDOWN);
+    }
     colo_output_stop(serving);
     replication_stop_all(true, NULL);
     bql_unlock();
     colo_state_exit(reason, err);
     colo_failover_end();
-    /* What the migration's end restores: the VM's state as COLO left it. */
-    bql_lock();
-    s->vm_old_state = runstate_get();
-    bql_unlock();
+    /*
+     * What the migration's end restores: the VM's state as COLO left it;
+     * if COLO never gave the VM back its state, the one before migrate.
+     */
+    if (p.resumed) {
+        bql_lock();
+        s->vm_old_state = runstate_get();
+        bql_unlock();
+    }
     /*
      * The VM did not move: this migration failed or was abandoned, never
      * "completed" (which would tell listeners, SPICE among them, that

@@ -63,10 +63,10 @@ static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
          * Each page is tested once: the one ending a run starts the next.
          * A record counts at most UINT32_MAX pages.
          */
-        while (next < end && next - page < UINT32_MAX) {
+        while (next < end) {
             next_zero = buffer_is_zero(rb->host + (next << TARGET_PAGE_BITS),
                                        TARGET_PAGE_SIZE);
-            if (next_zero != zero) {
+            if (next_zero != zero || next - page == UINT32_MAX) {
                 break;
             }
             next++;

@@ -229,6 +229,10 @@ static void *colo_secondary_thread(void *opaque)
         /* The primary must not wait for us, nor count on us. */
         colo_msg_send_error(c->to, c->loaded, c->err);
     }
+    if (c->shutdown || c->unusable || c->primary_alone) {
+        /* Decided: a failover request from now on is refused. */
+        colo_state_mark_down();
+    }
     /*
      * The disks leave COLO here, outside the incoming coroutine: on a
      * failover, back at the last checkpoint and the SVM's own.

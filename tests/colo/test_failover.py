@@ -17,8 +17,10 @@ time.  After every failover:
                   output the secondary's checkpoint does not cover
   ack_lost        the connection resets between a checkpoint's commit on
                   the secondary and its ack: the SVM still loads it
-  cancel          migrate_cancel in COLO: the primary serves on, the
-                  secondary stays down
+  cancel          migrate_cancel in COLO, also with the secondary frozen:
+                  the primary serves on, the secondary stays down
+  primary_lost_heartbeat  x-colo-lost-heartbeat on the primary of a live
+                  pair: the secondary is told and stays down
   kill_at_random  the primary is killed at random instants, half of them
                   inside a checkpoint: the stream proxy lets a random part
                   of one through and then goes silent, as a dying host
@@ -183,6 +185,59 @@ def test_primary_quits(how, bed, vm_factory, workdir, counter, results_dir):
     svm.wait_status({"running"}, 30)
     log = takeover(client, t_kill, results_dir, "primary-" + how)
     assert_client_ok(log, int(query_guest(bed, "get")))
+
+
+def test_primary_lost_heartbeat_keeps_secondary_down(bed, vm_factory,
+                                                    workdir, counter):
+    """x-colo-lost-heartbeat on the primary while the secondary is in fact
+    alive: the primary serves on and tells the secondary, which stays down
+    (two copies never serve)."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(25, 60)
+    pvm.qmp("x-colo-lost-heartbeat")
+    ev = pvm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "primary", "reason": "request"}
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "secondary", "reason": "error"}
+    assert svm.qmp("query-status")["status"] == "colo"
+    with pytest.raises(Exception, match="without taking over"):
+        svm.qmp("x-colo-lost-heartbeat")
+    assert pvm.qmp("query-status")["status"] == "running"
+    client.wait_replies(25, 60, after=time.monotonic())
+    client.stop()
+    assert_client_ok(CounterLog(client.out), int(query_guest(bed, "get")))
+
+
+def test_cancel_with_silent_secondary(bed, vm_factory, workdir, counter):
+    """migrate_cancel while the secondary is frozen (SIGSTOP): the primary
+    leaves COLO and serves on at once; the secondary, thawed, finds the
+    primary's ERROR and stays down."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(25, 60)
+    svm.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Let a checkpoint or two start against the frozen secondary (the
+        # loop then blocks on its ack); the assertions hold wherever the
+        # loop is when the cancel comes, so this is no condition to wait
+        # for, only a phase to be in.
+        time.sleep(0.5)
+        t_cancel = time.monotonic()
+        pvm.qmp("migrate_cancel")
+        pvm.wait_event("COLO_EXIT", 30)
+        pvm.wait_migration({"cancelled"}, 30)
+        client.wait_replies(10, 30, after=time.monotonic())
+        resumed_s = time.monotonic() - t_cancel
+    finally:
+        svm.proc.send_signal(signal.SIGCONT)
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "secondary", "reason": "error"}
+    assert svm.qmp("query-status")["status"] == "colo"
+    assert pvm.qmp("query-status")["status"] == "running"
+    client.stop()
+    assert_client_ok(CounterLog(client.out), int(query_guest(bed, "get")))
+    assert resumed_s < 10, resumed_s
 
 
 def test_cancel(bed, vm_factory, workdir, counter):
