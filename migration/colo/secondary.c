@@ -159,6 +159,36 @@ static bool colo_secondary_stream_ended(ColoSecondary *c)
     return qemu_file_get_error(c->from) || qemu_file_get_error(c->to);
 }
 
+/*
+ * An acknowledgement could not be sent: the connection is gone, but what
+ * the primary sent before it closed may still wait to be read.  A
+ * primary that left COLO and serves on said so (ERROR) before closing,
+ * and must not be taken for dead.  The reads return at once: the
+ * connection is closed or reset.
+ */
+static void colo_secondary_read_last_word(ColoSecondary *c)
+{
+    ColoMsgHeader hdr;
+
+    /* What a closed connection still holds: a few messages at most. */
+    for (int i = 0; i < 16 &&
+         colo_msg_recv(c->from, &hdr, &c->msg, c->checkpoint_max, NULL); i++) {
+        if (hdr.type == COLO_MSG_ERROR) {
+            error_free(c->err);
+            c->err = NULL;
+            error_setg(&c->err, "COLO primary left: %.*s",
+                       (int)MIN(c->msg.len, INT_MAX),
+                       (const char *)c->msg.data);
+            c->primary_alone = true;
+            return;
+        }
+        if (hdr.type == COLO_MSG_SHUTDOWN) {
+            c->shutdown = true;
+            return;
+        }
+    }
+}
+
 static void *colo_secondary_thread(void *opaque)
 {
     ColoSecondary *c = opaque;
@@ -215,6 +245,10 @@ static void *colo_secondary_thread(void *opaque)
             running = false;
             break;
         }
+    }
+    if (!c->shutdown && !c->primary_alone && !c->unusable &&
+        qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
+        colo_secondary_read_last_word(c);
     }
     if (!c->shutdown && !c->primary_alone && !c->unusable &&
         !colo_secondary_stream_ended(c)) {

@@ -89,7 +89,7 @@ def latency_setup(kind, seconds, qemu=None):
         time.sleep(1)
         ms, n = write_window(bed, seconds)
         pause = None
-        if pvm is not None:
+        if kind.startswith("colo"):
             st = pvm.qmp("query-colo-status")["stats"]
             pause = (st["pause-mean-us"], st["pause-max-us"])
         return ms, n, pause
