@@ -18,8 +18,8 @@ QEMU_BUILD := $(BUILD)/qemu
 GUEST := $(BUILD)/guest
 
 .PHONY: all deps build qemu firmware guest demo check check-unit \
-        check-qtest check-colo check-slow bench check-base-colo-absent clean \
-        distclean help
+        check-qtest check-colo check-slow check-model bench \
+        check-base-colo-absent clean distclean help
 
 all: build
 
@@ -52,6 +52,9 @@ check: build
 
 check-unit: qemu
 	@bash scripts/run-checks.sh unit
+
+check-model: deps
+	@bash scripts/run-checks.sh model
 
 check-qtest: qemu
 	@bash scripts/run-checks.sh qtest

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Run the project's test suites and end with one line "N passed, N failed".
 #
-# Usage: run-checks.sh all|unit|qtest|colo|nocolo
+# Usage: run-checks.sh all|model|unit|qtest|colo|nocolo
+#   model  spin models of who serves (tests/model/*.pml), and their mutants
 #   unit   Check unit tests of our C modules (tests/unit/test-*.c)
 #   qtest  a trimmed set of the base's own migration qtests against our build
 #   colo   end-to-end tests with the test guest (tests/colo, pytest)
@@ -207,6 +208,40 @@ run_nocolo() {
     fi
 }
 
+# The Promela models (tests/model/*.pml) of who serves, checked by spin:
+# each must hold, and each mutant it names ("model-mutants: A B") must
+# fail, which shows that the model sees what its rules guard against.
+run_one_model() {
+    local pml=$1 mutant=$2 dir out
+    dir=$(mktemp -d)
+    out=$( (cd "$dir" && spin ${mutant:+-D$mutant} -a "$pml" &&
+            cc -O2 -DSAFETY -o pan pan.c && ./pan -m100000) 2>&1)
+    rm -rf "$dir"
+    echo "$out" | sed -n 's/.*errors: \([0-9]*\).*/\1/p' | tail -n 1
+}
+
+run_model() {
+    local pml name errs m
+    for pml in "$top"/tests/model/*.pml; do
+        [ -e "$pml" ] || continue
+        name=$(basename "$pml" .pml)
+        errs=$(run_one_model "$pml" "")
+        if [ "$errs" = 0 ]; then
+            pass "model/$name"
+        else
+            fail "model/$name (errors: ${errs:-spin failed})"
+        fi
+        for m in $(sed -n 's/.*model-mutants:\(.*\)/\1/p' "$pml"); do
+            errs=$(run_one_model "$pml" "$m")
+            if [ -n "$errs" ] && [ "$errs" != 0 ]; then
+                pass "model/$name without $m: violation found"
+            else
+                fail "model/$name without $m: no violation found"
+            fi
+        done
+    done
+}
+
 run_absent() {
     if sh "$top/scripts/check-no-base-colo.sh" "$build"; then
         pass "no base COLO module in the build"
@@ -217,12 +252,13 @@ run_absent() {
 
 what=${1:-all}
 case "$what" in
-all) run_unit; run_absent; run_nocolo; run_qtest; run_colo ;;
+all) run_model; run_unit; run_absent; run_nocolo; run_qtest; run_colo ;;
+model) run_model ;;
 unit) run_unit ;;
 qtest) run_qtest ;;
 colo) run_colo ;;
 nocolo) run_nocolo ;;
-*) echo "usage: $0 all|unit|qtest|colo|nocolo" >&2; exit 2 ;;
+*) echo "usage: $0 all|model|unit|qtest|colo|nocolo" >&2; exit 2 ;;
 esac
 
 echo
