@@ -84,6 +84,15 @@ def takeover(client, t_kill, results_dir, name, extra=None):
     return log
 
 
+def busy_pair_with_disk(bed, vm_factory, workdir):
+    """A pair through the stream proxy, with a replicated disk the guest
+    writes, and a busy guest, so that checkpoints carry megabytes."""
+    disk = ReplicatedDisk(workdir)
+    return disk, start_pair(bed, vm_factory, workdir, delay_ms=100,
+                            append="colo.dirty_mbps=20 colo.dirty_mb=64 "
+                            + disk.guest_append(), via_proxy=True, disk=disk)
+
+
 def test_lost_heartbeat(bed, vm_factory, workdir, counter, results_dir):
     pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
                                  via_proxy=True)
@@ -137,11 +146,7 @@ def test_ack_lost_after_commit(bed, vm_factory, workdir):
     it; if the acknowledgement cannot be sent (the connection is reset
     just then), the SVM still loads that checkpoint before it takes over:
     memory and disks stand at the same one."""
-    disk = ReplicatedDisk(workdir)
-    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
-                                 append="colo.dirty_mbps=20 colo.dirty_mb=64 "
-                                 + disk.guest_append(), via_proxy=True,
-                                 disk=disk)
+    disk, (pvm, svm, proxy) = busy_pair_with_disk(bed, vm_factory, workdir)
     try:
         pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
         answer = "late"
@@ -280,12 +285,7 @@ def test_secondary_dies(bed, vm_factory, workdir, counter, results_dir):
 def test_kill_at_random(run, bed, vm_factory, workdir, counter, results_dir):
     rng = random.Random(run)
     mid_checkpoint = run % 2 == 1
-    disk = ReplicatedDisk(workdir)
-    # A busy guest, so that checkpoints carry megabytes.
-    pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
-                                 append="colo.dirty_mbps=20 colo.dirty_mb=64 "
-                                 + disk.guest_append(), via_proxy=True,
-                                 disk=disk)
+    disk, (pvm, svm, proxy) = busy_pair_with_disk(bed, vm_factory, workdir)
     try:
         client = counter(interval=0.02, timeout=30, duration=600)
         client.wait_replies(20, 60)

@@ -379,6 +379,23 @@ static void poll_until_done(void)
     ck_assert(write_done);
 }
 
+/* A primary node whose every write to the secondary fails (EIO). */
+static BlockBackend *primary_failing_writes(void)
+{
+    g_autofree char *target = image("target.raw", "raw", 0);
+    QDict *opts = qdict_new();
+
+    qdict_put_str(opts, "node-name", "repl");
+    qdict_put_str(opts, "driver", "replication");
+    qdict_put_str(opts, "mode", "primary");
+    qdict_put_str(opts, "file.driver", "blkdebug");
+    qdict_put_str(opts, "file.inject-error.0.event", "pwritev");
+    qdict_put_str(opts, "file.inject-error.0.errno", "5");
+    qdict_put_str(opts, "file.image.driver", "file");
+    qdict_put_str(opts, "file.image.filename", target);
+    return backend(bdrv_open(NULL, NULL, opts, BDRV_O_RDWR, &error_abort));
+}
+
 START_TEST(primary_passes_through_before_start)
 {
     g_autofree char *target = image("target.raw", "raw", 0);
@@ -473,20 +490,9 @@ END_TEST
 
 START_TEST(primary_write_error_is_reported)
 {
-    g_autofree char *target = image("target.raw", "raw", 0);
-    QDict *opts = qdict_new();
-    BlockBackend *blk;
+    BlockBackend *blk = primary_failing_writes();
     Error *err = NULL;
 
-    qdict_put_str(opts, "node-name", "repl");
-    qdict_put_str(opts, "driver", "replication");
-    qdict_put_str(opts, "mode", "primary");
-    qdict_put_str(opts, "file.driver", "blkdebug");
-    qdict_put_str(opts, "file.inject-error.0.event", "pwritev");
-    qdict_put_str(opts, "file.inject-error.0.errno", "5");
-    qdict_put_str(opts, "file.image.driver", "file");
-    qdict_put_str(opts, "file.image.filename", target);
-    blk = backend(bdrv_open(NULL, NULL, opts, BDRV_O_RDWR, &error_abort));
 
     ck_assert_ptr_null(start(REPLICATION_MODE_PRIMARY));
     replication_get_error_all(&err);
@@ -531,20 +537,9 @@ END_TEST
  */
 START_TEST(primary_error_before_start_refuses_start)
 {
-    g_autofree char *target = image("target.raw", "raw", 0);
-    QDict *opts = qdict_new();
-    BlockBackend *blk;
+    BlockBackend *blk = primary_failing_writes();
     Error *err;
 
-    qdict_put_str(opts, "node-name", "repl");
-    qdict_put_str(opts, "driver", "replication");
-    qdict_put_str(opts, "mode", "primary");
-    qdict_put_str(opts, "file.driver", "blkdebug");
-    qdict_put_str(opts, "file.inject-error.0.event", "pwritev");
-    qdict_put_str(opts, "file.inject-error.0.errno", "5");
-    qdict_put_str(opts, "file.image.driver", "file");
-    qdict_put_str(opts, "file.image.filename", target);
-    blk = backend(bdrv_open(NULL, NULL, opts, BDRV_O_RDWR, &error_abort));
 
     ck_assert_int_lt(write_pattern(blk, 0, 0x99), 0);
     err = start(REPLICATION_MODE_PRIMARY);
