@@ -231,6 +231,12 @@ static void test_colo_reset_keeps_ram(void)
     colo_save_memory(from, "colo-pvm.mem");
     colo_save_memory(to, "colo-svm.mem");
     colo_assert_memory_equal();
+
+    /* A reset of the primary's guest does restore the blob, on both. */
+    qtest_qmp_assert_success(from, "{ 'execute': 'system_reset' }");
+    colo_checkpoint_stopped(from, to);
+    g_assert_cmpuint(qtest_readb(from, COLO_BLOB_ADDR), ==, 0xab);
+    g_assert_cmpuint(qtest_readb(to, COLO_BLOB_ADDR), ==, 0xab);
     migrate_end(from, to, false);
     unlink(blob);
 }
