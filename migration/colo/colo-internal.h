@@ -61,10 +61,10 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from);
  */
 void colo_state_exit(COLOExitReason reason, Error *err);
 
-/* A secondary leaves COLO without taking over: its SVM must never run. */
-void colo_state_exit_down(COLOExitReason reason, Error *err);
-
-/* The secondary has decided not to take over (it leaves COLO later). */
+/*
+ * The secondary has decided not to take over (it leaves COLO later): its
+ * SVM must never run, and a failover request is refused from now on.
+ */
 void colo_state_mark_down(void);
 
 /*

@@ -162,11 +162,6 @@ void colo_state_mark_down(void)
     qemu_mutex_unlock(&colo_state.lock);
 }
 
-void colo_state_exit_down(COLOExitReason reason, Error *err)
-{
-    colo_state_mark_down();
-    colo_state_exit(reason, err);
-}
 
 COLOMode colo_last_mode(bool *stayed_down)
 {

@@ -246,12 +246,11 @@ static void *colo_secondary_thread(void *opaque)
             break;
         }
     }
-    if (!c->shutdown && !c->primary_alone && !c->unusable &&
-        qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
+    if (c->shutdown || c->primary_alone || c->unusable) {
+        /* decided by the primary's word, or by this SVM's state */
+    } else if (qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
         colo_secondary_read_last_word(c);
-    }
-    if (!c->shutdown && !c->primary_alone && !c->unusable &&
-        !colo_secondary_stream_ended(c)) {
+    } else if (!colo_secondary_stream_ended(c)) {
         /*
          * A well-framed stream that is wrong (checksum, type, order,
          * bounds) comes from a primary that is alive: it serves on alone,
@@ -259,7 +258,8 @@ static void *colo_secondary_thread(void *opaque)
          */
         c->primary_alone = true;
         colo_msg_send_error(c->to, c->loaded, c->err);
-    } else if (c->unusable && !c->primary_alone) {
+    }
+    if (c->unusable && !c->primary_alone) {
         /* The primary must not wait for us, nor count on us. */
         colo_msg_send_error(c->to, c->loaded, c->err);
     }
@@ -276,6 +276,10 @@ static void *colo_secondary_thread(void *opaque)
         replication_stop_all(false, NULL);
     } else {
         replication_stop_all(true, &c->disk_err);
+        if (c->disk_err) {
+            /* The disks are not back at the checkpoint: no takeover. */
+            colo_state_mark_down();
+        }
     }
     bql_unlock();
     rcu_unregister_thread();
@@ -319,8 +323,8 @@ void colo_secondary_run(MigrationIncomingState *mis)
          * The incoming migration stays parked here; a shut-down pair ends
          * this QEMU too.
          */
-        colo_state_exit_down(c.shutdown ? COLO_EXIT_REASON_REQUEST
-                                        : COLO_EXIT_REASON_ERROR, c.err);
+        colo_state_exit(c.shutdown ? COLO_EXIT_REASON_REQUEST
+                                   : COLO_EXIT_REASON_ERROR, c.err);
         if (c.shutdown) {
             qemu_system_shutdown_request(SHUTDOWN_CAUSE_GUEST_SHUTDOWN);
         }
@@ -338,7 +342,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
         /* A disk not back at the checkpoint: running would corrupt it. */
         error_prepend(&c.disk_err, "failover aborted, the SVM will not run: ");
         error_free(c.err);
-        colo_state_exit_down(COLO_EXIT_REASON_ERROR, c.disk_err);
+        colo_state_exit(COLO_EXIT_REASON_ERROR, c.disk_err);
         colo_failover_end();
         qemu_coroutine_yield();
         return;
