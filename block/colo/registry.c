@@ -4,7 +4,8 @@
  * (include/block/replication.h).
  *
  * The frame calls these from its own thread with the BQL held, except
- * replication_release_writes_all(): the main loop may be draining a node
+ * replication_release_writes_all() and replication_drop_peer_all() (from
+ * the heartbeat's thread): the main loop may be draining a node
  * whose writes are held (a "stop" in the middle of a checkpoint), and
  * waits for that release with the BQL held.  Nodes are added and removed
  * under the BQL and @replication_lock, so holding either one keeps the
@@ -116,6 +117,18 @@ void replication_release_writes_all(void)
     QLIST_FOREACH(rs, &replication_states, node) {
         if (rs->ops->release_writes) {
             rs->ops->release_writes(rs);
+        }
+    }
+}
+
+void replication_drop_peer_all(void)
+{
+    ReplicationState *rs;
+
+    QEMU_LOCK_GUARD(&replication_lock);
+    QLIST_FOREACH(rs, &replication_states, node) {
+        if (rs->ops->drop_peer) {
+            rs->ops->drop_peer(rs);
         }
     }
 }

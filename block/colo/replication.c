@@ -34,6 +34,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qapi/qapi-commands-block-export.h"
+#include "qapi/qapi-commands-yank.h"
 #include "qemu/coroutine.h"
 #include "qemu/main-loop.h"
 #include "qemu/memalign.h"
@@ -41,6 +42,7 @@
 #include "qemu/option.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
+#include "qemu/yank.h"
 #include "block/block_int.h"
 #include "block/block-copy.h"
 #include "block/copy-before-write.h"
@@ -75,7 +77,8 @@ typedef struct BDRVColoReplicationState {
     bool holding;               /* writes wait for release_writes */
     CoQueue held;
     QEMUTimer *drained_hold;    /* bounds a hold while drained */
-    bool abandoned;             /* held too long while drained */
+    bool abandoned;             /* held too long, or the secondary silent */
+    char *replica_node;         /* the child to yank if the secondary is silent */
     int write_error;            /* first failed write to the secondary */
 
     /* Secondary mode, while running */
@@ -376,6 +379,29 @@ static void colo_repl_hold_writes(ReplicationState *rs)
 static void colo_repl_release_writes(ReplicationState *rs)
 {
     colo_repl_release(((BlockDriverState *)rs->opaque)->opaque);
+}
+
+/*
+ * The secondary is silent (COLO's heartbeat, without the BQL).  Held
+ * writes fail, and so do those in flight: yanking the NBD connection to
+ * the secondary's disk fails them at once, where TCP would take
+ * minutes.  The quorum above absorbs the failures; the guest's writes
+ * complete on the primary's own disk.
+ */
+static void colo_repl_drop_peer(ReplicationState *rs)
+{
+    BDRVColoReplicationState *s = ((BlockDriverState *)rs->opaque)->opaque;
+
+    if (s->mode != REPLICATION_MODE_PRIMARY || !s->replica_node) {
+        return;
+    }
+    trace_colo_repl_drop_peer(s->replica_node);
+    qatomic_set(&s->abandoned, true);
+    colo_repl_release(s);
+    /* A replica that is not an NBD node has nothing to yank. */
+    qmp_yank(&(YankInstanceList) {
+                 .value = BLOCKDEV_YANK_INSTANCE(s->replica_node) },
+             NULL);
 }
 
 /* ---- secondary mode ------------------------------------------------- */
@@ -704,6 +730,10 @@ static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
     }
     s->write_error = 0;
     s->abandoned = false;
+    if (mode == REPLICATION_MODE_PRIMARY) {
+        g_free(s->replica_node);
+        s->replica_node = g_strdup(bdrv_get_node_name(bs->file->bs));
+    }
     colo_repl_set_stage(s, COLO_REPL_RUNNING);
 }
 
@@ -741,8 +771,8 @@ static void colo_repl_get_error(ReplicationState *rs, Error **errp)
     if (s->abandoned) {
         error_setg(errp, "replication: node '%s' was drained while its "
                    "writes waited for a checkpoint the secondary did not "
-                   "acknowledge; the secondary is dropped",
-                   bdrv_get_node_name(bs));
+                   "acknowledge, or the secondary went silent; the "
+                   "secondary is dropped", bdrv_get_node_name(bs));
     } else if (s->write_error) {
         error_setg_errno(errp, -s->write_error, "replication: a write to "
                          "the secondary through '%s' failed",
@@ -785,6 +815,7 @@ static ReplicationOps colo_repl_ops = {
     .get_error = colo_repl_get_error,
     .hold_writes = colo_repl_hold_writes,
     .release_writes = colo_repl_release_writes,
+    .drop_peer = colo_repl_drop_peer,
 };
 
 static void colo_repl_close(BlockDriverState *bs)
@@ -807,6 +838,7 @@ static void colo_repl_close(BlockDriverState *bs)
     BDRV_POLL_WHILE(bs, qatomic_read(&bs->in_flight) > 0);
     timer_free(s->drained_hold);
     g_free(s->top_id);
+    g_free(s->replica_node);
 }
 
 static BlockDriver bdrv_colo_replication = {

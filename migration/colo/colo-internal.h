@@ -82,6 +82,9 @@ COLOMode colo_last_mode(bool *stayed_down);
  */
 void colo_state_interrupt(void);
 
+/* Shut the replication channel down whole: blocked reads and writes fail. */
+void colo_state_shutdown_channel(void);
+
 /*
  * A side's loop has ended, with *@errp set if its channel failed.  Start
  * the failover (failover.c) and return why COLO ends: a request (the

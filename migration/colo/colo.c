@@ -31,6 +31,7 @@
 #include "migration/options.h"
 #include "migration/qemu-file.h"
 #include "colo-internal.h"
+#include "heartbeat.h"
 #include "trace.h"
 
 ColoState colo_state;
@@ -128,6 +129,7 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
         /* drain a post left by an earlier COLO run */
     }
     qemu_mutex_unlock(&colo_state.lock);
+    colo_heartbeat_start(mode);
     trace_colo_enter(COLOMode_str(mode));
 }
 
@@ -135,6 +137,8 @@ void colo_state_exit(COLOExitReason reason, Error *err)
 {
     COLOMode mode;
 
+    /* Its verdict stays readable (colo_heartbeat_peer_silent()). */
+    colo_heartbeat_stop();
     qemu_mutex_lock(&colo_state.lock);
     mode = colo_state.mode;
     colo_state.mode = COLO_MODE_NONE;
@@ -174,12 +178,17 @@ COLOMode colo_last_mode(bool *stayed_down)
     return mode;
 }
 
-/* The primary's loop is still blocked writing to a silent secondary. */
-static void colo_interrupt_grace_expired(void *opaque)
+void colo_state_shutdown_channel(void)
 {
     qemu_mutex_lock(&colo_state.lock);
     colo_channel_shutdown_locked();
     qemu_mutex_unlock(&colo_state.lock);
+}
+
+/* The primary's loop is still blocked writing to a silent secondary. */
+static void colo_interrupt_grace_expired(void *opaque)
+{
+    colo_state_shutdown_channel();
 }
 
 #define COLO_INTERRUPT_GRACE_MS 1000
@@ -278,9 +287,7 @@ void colo_shutdown(void)
     if (qemu_sem_timedwait(&colo_state.primary_exited,
                            COLO_SHUTDOWN_WAIT_MS)) {
         /* The loop is stuck on a silent secondary: unblock it. */
-        qemu_mutex_lock(&colo_state.lock);
-        colo_channel_shutdown_locked();
-        qemu_mutex_unlock(&colo_state.lock);
+        colo_state_shutdown_channel();
         qemu_sem_timedwait(&colo_state.primary_exited, COLO_SHUTDOWN_WAIT_MS);
     }
     bql_lock();

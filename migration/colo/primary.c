@@ -29,6 +29,7 @@
 #include "migration/savevm.h"
 #include "net/colo-output.h"
 #include "colo-internal.h"
+#include "heartbeat.h"
 #include "protocol.h"
 #include "ram.h"
 #include "trace.h"
@@ -41,6 +42,7 @@ typedef struct ColoPrimary {
     ColoBuf ram;                /* checkpoint: be64 RAM length + records */
     ColoBuf reply;              /* last message from the secondary */
     bool resumed;               /* COLO gave the VM its run state back */
+    int64_t exchanged_ms;       /* the secondary's last answer */
 } ColoPrimary;
 
 /*
@@ -89,7 +91,10 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
      * epoch must have reached both sides before the secondary takes the
      * checkpoint.  Completed is enough, durable is not needed: no flush.
      */
+    /* The drain waits for writes to the secondary's disk too. */
+    colo_heartbeat_wait_begin();
     vm_stop_drain(RUN_STATE_COLO);
+    colo_heartbeat_wait_end();
     trace_colo_checkpoint_stop(seq);
     /*
      * A write the secondary missed is known now, and ends COLO before
@@ -147,6 +152,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, &p->reply, errp)) {
         return false;
     }
+    p->exchanged_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
                    ram_stats.pages, t_received - t_stop);
     trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
@@ -154,16 +160,31 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     return true;
 }
 
+/* Nothing else to say for a while: HEARTBEAT, and the secondary's answer. */
+static bool colo_primary_heartbeat(ColoPrimary *p, Error **errp)
+{
+    if (!colo_msg_send_empty(p->to, COLO_MSG_HEARTBEAT, p->seq, errp) ||
+        !colo_msg_expect(p->from, COLO_MSG_HEARTBEAT, p->seq, &p->reply,
+                         errp)) {
+        return false;
+    }
+    p->exchanged_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    return true;
+}
+
 /*
  * Wait until the next checkpoint is due: the period since the start of
- * the previous one has elapsed, or one was requested.  Returns false when
- * COLO is to end instead.
+ * the previous one has elapsed, or one was requested.  Meanwhile, keep
+ * the secondary hearing from us, and hear from it.  Returns false when
+ * COLO is to end instead, with @errp set if the secondary failed us.
  */
-static bool colo_primary_wait(int64_t last_start_ms)
+static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
+                              Error **errp)
 {
     for (;;) {
         int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
         int64_t due = last_start_ms + migrate_checkpoint_delay();
+        int64_t beat = p->exchanged_ms + colo_heartbeat_interval_ms();
 
         if (qatomic_read(&colo_state.exit_requested)) {
             return false;
@@ -172,8 +193,15 @@ static bool colo_primary_wait(int64_t last_start_ms)
             now >= due) {
             return true;
         }
+        if (now >= beat) {
+            if (!colo_primary_heartbeat(p, errp)) {
+                return false;
+            }
+            continue;
+        }
         /* x-checkpoint-delay is 32-bit unsigned: more than an int holds. */
-        qemu_sem_timedwait(&colo_state.kick, MIN(due - now, INT_MAX));
+        qemu_sem_timedwait(&colo_state.kick, MIN(MIN(due, beat) - now,
+                                                 INT_MAX));
     }
 }
 
@@ -202,6 +230,7 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
         !colo_ram_layout_check(p->reply.data, p->reply.len, errp)) {
         return false;
     }
+    p->exchanged_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     /*
      * The pair is in lock-step from here: the VM may run, held.  The
      * secondary protects its disks before it says HELLO, so the primary's
@@ -229,7 +258,7 @@ void colo_primary_run(MigrationState *s)
     if (colo_primary_start(&p, &err)) {
         int64_t start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
 
-        while (colo_primary_wait(start)) {
+        while (colo_primary_wait(&p, start, &err)) {
             start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
             if (!colo_primary_checkpoint(&p, &err)) {
                 break;
@@ -240,6 +269,12 @@ void colo_primary_run(MigrationState *s)
         /* A channel error is only the wake-up the cancel caused. */
         error_free(err);
         err = NULL;
+    } else if (colo_heartbeat_peer_silent()) {
+        /* The channel error is the heartbeat's doing: say why. */
+        error_free(err);
+        err = NULL;
+        error_setg(&err, "COLO: the secondary was silent for %u ms; the "
+                   "primary serves on alone", migrate_colo_silence_timeout());
     }
     reason = colo_failover_begin(&err);
     /*

@@ -11,6 +11,7 @@
 #include "qemu/iov.h"
 #include "qemu/units.h"
 #include "migration/qemu-file.h"
+#include "heartbeat.h"
 #include "protocol.h"
 #include "trace.h"
 
@@ -22,6 +23,13 @@
 #define COLO_MSG_CONTROL_MAX   (64 * KiB)
 #define COLO_MSG_CHECKPOINT_MAX (1 * TiB)
 
+/*
+ * A long message moves in chunks of this size, each one counted as a
+ * sign of the peer's life (heartbeat.h): a checkpoint that takes longer
+ * than the silence timeout to cross is not silence.
+ */
+#define COLO_MSG_CHUNK (1 * MiB)
+
 static const char *const colo_msg_names[COLO_MSG__MAX] = {
     [COLO_MSG_HELLO] = "hello",
     [COLO_MSG_CHECKPOINT] = "checkpoint",
@@ -29,6 +37,7 @@ static const char *const colo_msg_names[COLO_MSG__MAX] = {
     [COLO_MSG_LOADED] = "loaded",
     [COLO_MSG_SHUTDOWN] = "shutdown",
     [COLO_MSG_ERROR] = "error",
+    [COLO_MSG_HEARTBEAT] = "heartbeat",
 };
 
 const char *colo_msg_name(ColoMsgType type)
@@ -178,6 +187,22 @@ static bool colo_file_check(QEMUFile *f, const char *what, Error **errp)
     return true;
 }
 
+/* Write @len bytes at @data, a chunk at a time, each a sign of life. */
+static void colo_msg_put(QEMUFile *f, const uint8_t *data, size_t len)
+{
+    while (len && !qemu_file_get_error(f)) {
+        size_t n = MIN(len, COLO_MSG_CHUNK);
+
+        qemu_put_buffer(f, data, n);
+        if (len > n) {
+            qemu_fflush(f);
+            colo_heartbeat_heard();
+        }
+        data += n;
+        len -= n;
+    }
+}
+
 bool colo_msg_send(QEMUFile *f, ColoMsgType type, uint64_t seq,
                    const struct iovec *iov, int iovcnt, Error **errp)
 {
@@ -190,11 +215,13 @@ bool colo_msg_send(QEMUFile *f, ColoMsgType type, uint64_t seq,
     };
 
     colo_msg_header_encode(buf, &hdr);
+    colo_heartbeat_wait_begin();
     qemu_put_buffer(f, buf, sizeof(buf));
     for (int i = 0; i < iovcnt; i++) {
-        qemu_put_buffer(f, iov[i].iov_base, iov[i].iov_len);
+        colo_msg_put(f, iov[i].iov_base, iov[i].iov_len);
     }
     qemu_fflush(f);
+    colo_heartbeat_wait_end();
     trace_colo_msg_send(colo_msg_name(type), seq, hdr.length);
     return colo_file_check(f, "send", errp);
 }
@@ -216,13 +243,32 @@ void colo_msg_send_error(QEMUFile *f, uint64_t seq, const Error *err)
     colo_msg_send(f, COLO_MSG_ERROR, seq, &iov, 1, NULL);
 }
 
-bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
-                   uint64_t checkpoint_max, Error **errp)
+/* Read @len bytes into @data, a chunk at a time, each a sign of life. */
+static size_t colo_msg_get(QEMUFile *f, uint8_t *data, size_t len)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        size_t n = MIN(len - done, COLO_MSG_CHUNK);
+        size_t got = qemu_get_buffer(f, data + done, n);
+
+        done += got;
+        if (got != n) {
+            break;
+        }
+        colo_heartbeat_heard();
+    }
+    return done;
+}
+
+static bool colo_msg_do_recv(QEMUFile *f, ColoMsgHeader *hdr,
+                             ColoBuf *payload, uint64_t checkpoint_max,
+                             Error **errp)
 {
     uint8_t buf[COLO_MSG_HEADER_SIZE];
     size_t got;
 
-    got = qemu_get_buffer(f, buf, sizeof(buf));
+    got = colo_msg_get(f, buf, sizeof(buf));
     if (got != sizeof(buf)) {
         if (!colo_file_check(f, "receive", errp)) {
             return false;
@@ -247,7 +293,7 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
     if (!colo_buf_resize(payload, hdr->length, errp)) {
         return false;
     }
-    got = qemu_get_buffer(f, payload->data, payload->len);
+    got = colo_msg_get(f, payload->data, payload->len);
     if (got != payload->len) {
         if (!colo_file_check(f, "receive", errp)) {
             return false;
@@ -264,6 +310,17 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
     }
     trace_colo_msg_recv(colo_msg_name(hdr->type), hdr->seq, hdr->length);
     return true;
+}
+
+bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
+                   uint64_t checkpoint_max, Error **errp)
+{
+    bool ok;
+
+    colo_heartbeat_wait_begin();
+    ok = colo_msg_do_recv(f, hdr, payload, checkpoint_max, errp);
+    colo_heartbeat_wait_end();
+    return ok;
 }
 
 bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,

@@ -29,7 +29,7 @@
 #define COLO_MSG_HEADER_SIZE 32
 
 /* Bumped on any incompatible change of the exchange or the formats. */
-#define COLO_PROTOCOL_VERSION 1
+#define COLO_PROTOCOL_VERSION 2
 
 typedef enum ColoMsgType {
     /* secondary -> primary: ready, with its RAM layout (ram.h) */
@@ -44,6 +44,12 @@ typedef enum ColoMsgType {
     COLO_MSG_SHUTDOWN,
     /* either way: the sender leaves COLO; payload is the reason (text) */
     COLO_MSG_ERROR,
+    /*
+     * primary -> secondary: nothing else to send for a while (@seq: the
+     * last checkpoint); secondary -> primary: the answer, with the
+     * checkpoint the SVM stands at.  heartbeat.h
+     */
+    COLO_MSG_HEARTBEAT,
     COLO_MSG__MAX,
 } ColoMsgType;
 

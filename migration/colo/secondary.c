@@ -27,10 +27,12 @@
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration/colo.h"
+#include "migration/failover.h"
 #include "migration/migration.h"
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
 #include "colo-internal.h"
+#include "heartbeat.h"
 #include "protocol.h"
 #include "ram.h"
 #include "trace.h"
@@ -46,6 +48,7 @@ typedef struct ColoSecondary {
     bool shutdown;              /* the primary's guest shut down */
     bool unusable;              /* the SVM or its disks are inconsistent */
     bool primary_alone;         /* the primary carries on without us */
+    bool cut_off;               /* silent primary: the operator decides */
     Error *err;
     Error *disk_err;            /* the disks could not fail over */
 } ColoSecondary;
@@ -189,6 +192,19 @@ static void colo_secondary_read_last_word(ColoSecondary *c)
     }
 }
 
+/*
+ * Cut off from the primary: only an operator who has made sure that the
+ * primary is dead may make this side take over (x-colo-lost-heartbeat).
+ * The SVM and its disks stay at the last checkpoint meanwhile.
+ */
+static void colo_secondary_wait_for_operator(ColoSecondary *c)
+{
+    trace_colo_secondary_cut_off(c->loaded);
+    while (failover_get_state() != FAILOVER_STATUS_REQUIRE) {
+        qemu_sem_wait(&colo_state.kick);
+    }
+}
+
 static void *colo_secondary_thread(void *opaque)
 {
     ColoSecondary *c = opaque;
@@ -228,6 +244,17 @@ static void *colo_secondary_thread(void *opaque)
         case COLO_MSG_CHECKPOINT:
             running = colo_secondary_checkpoint(c, hdr.seq, &c->err);
             break;
+        case COLO_MSG_HEARTBEAT:
+            if (hdr.seq != c->loaded) {
+                error_setg(&c->err, "COLO: heartbeat about checkpoint %"
+                           PRIu64 " while the SVM stands at %" PRIu64,
+                           hdr.seq, c->loaded);
+                running = false;
+                break;
+            }
+            running = colo_msg_send_empty(c->to, COLO_MSG_HEARTBEAT,
+                                          c->loaded, &c->err);
+            break;
         case COLO_MSG_SHUTDOWN:
             c->shutdown = true;
             running = false;
@@ -248,6 +275,13 @@ static void *colo_secondary_thread(void *opaque)
     }
     if (c->shutdown || c->primary_alone || c->unusable) {
         /* decided by the primary's word, or by this SVM's state */
+    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE &&
+               !colo_heartbeat_end_is_death()) {
+        /*
+         * The primary went silent, or this side was frozen just before
+         * the stream ended: the primary may well be alive and serving.
+         */
+        c->cut_off = true;
     } else if (qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
         colo_secondary_read_last_word(c);
     } else if (!colo_secondary_stream_ended(c)) {
@@ -266,6 +300,8 @@ static void *colo_secondary_thread(void *opaque)
     if (c->shutdown || c->unusable || c->primary_alone) {
         /* Decided: a failover request from now on is refused. */
         colo_state_mark_down();
+    } else if (c->cut_off) {
+        colo_secondary_wait_for_operator(c);
     }
     /*
      * The disks leave COLO here, outside the incoming coroutine: on a

@@ -20,7 +20,31 @@
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "migration/qemu-file.h"
+#include "migration/colo/heartbeat.h"
 #include "migration/colo/protocol.h"
+
+/*
+ * protocol.c tells the heartbeat when it waits on the peer and when the
+ * peer is heard: count both, so that a long message is seen to report
+ * its progress chunk by chunk.
+ */
+static int waits_open;
+static uint64_t heard;
+
+void colo_heartbeat_wait_begin(void)
+{
+    waits_open++;
+}
+
+void colo_heartbeat_wait_end(void)
+{
+    waits_open--;
+}
+
+void colo_heartbeat_heard(void)
+{
+    heard++;
+}
 
 /*
  * A QEMUFile that writes to and reads from one memory buffer; after what
@@ -106,6 +130,11 @@ int qemu_file_get_error_obj(QEMUFile *f, Error **errp)
     return f->error;
 }
 
+int qemu_file_get_error(QEMUFile *f)
+{
+    return f->error;
+}
+
 static ColoBuf payload_buf;
 static ColoBuf *payload = &payload_buf;
 
@@ -155,6 +184,32 @@ START_TEST(test_round_trip)
 END_TEST
 
 /* Flipping any single byte of a message makes it refused. */
+/*
+ * A message of several MiB reports progress to the heartbeat chunk by
+ * chunk on both ends (a long checkpoint is not silence), and every wait
+ * on the peer that begins also ends, whatever the outcome.
+ */
+START_TEST(test_long_message_is_heard_while_it_moves)
+{
+    QEMUFile *f = pipe_new();
+    ColoMsgHeader hdr;
+
+    heard = 0;
+    /* Two parts of 2.5 MiB: each flushed after its first two MiB. */
+    send_checkpoint(f, 3, 5 * MiB + 1);
+    ck_assert_uint_ge(heard, 4);
+    ck_assert_int_eq(waits_open, 0);
+    heard = 0;
+    ck_assert(colo_msg_recv(f, &hdr, payload, UINT64_MAX, &error_abort));
+    ck_assert_uint_ge(heard, 5);
+    ck_assert_int_eq(waits_open, 0);
+    /* Nothing more: the receive fails, and its wait is closed too. */
+    ck_assert(!colo_msg_recv(f, &hdr, payload, UINT64_MAX, NULL));
+    ck_assert_int_eq(waits_open, 0);
+    pipe_free(f);
+}
+END_TEST
+
 START_TEST(test_any_flipped_byte_is_refused)
 {
     QEMUFile *f = pipe_new();
@@ -395,6 +450,7 @@ int main(void)
 
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_long_message_is_heard_while_it_moves);
     tcase_add_test(tc, test_any_flipped_byte_is_refused);
     tcase_add_test(tc, test_torn_message_is_refused);
     tcase_add_test(tc, test_garbage_is_refused);

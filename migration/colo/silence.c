@@ -1,0 +1,83 @@
+/*
+ * COLO: the silence rule (see silence.h).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "silence.h"
+
+void colo_silence_init(ColoSilence *s, int64_t timeout_ms, int64_t now)
+{
+    *s = (ColoSilence) {
+        .timeout_ms = timeout_ms,
+        .since_ms = now,
+        .last_tick_ms = now,
+        .frozen_until_ms = now,
+    };
+}
+
+void colo_silence_set_timeout(ColoSilence *s, int64_t timeout_ms)
+{
+    s->timeout_ms = timeout_ms;
+}
+
+void colo_silence_wait_begin(ColoSilence *s, int64_t now)
+{
+    if (!s->waiting) {
+        s->waiting = true;
+        s->since_ms = MAX(s->since_ms, now);
+    }
+}
+
+void colo_silence_wait_end(ColoSilence *s)
+{
+    s->waiting = false;
+}
+
+void colo_silence_heard(ColoSilence *s, int64_t now)
+{
+    s->since_ms = MAX(s->since_ms, now);
+}
+
+ColoSilenceVerdict colo_silence_tick(ColoSilence *s, int64_t now)
+{
+    if (now < s->last_tick_ms) {
+        /* A clock going backwards proves nothing either way. */
+        return COLO_SILENCE_OK;
+    }
+    if (now - s->last_tick_ms > s->timeout_ms / 2) {
+        /* This side did not run: frozen, not a silent peer. */
+        s->since_ms = MAX(s->since_ms, now);
+        s->frozen_until_ms = now + 2 * s->timeout_ms;
+    }
+    s->last_tick_ms = now;
+    if (s->silent || !s->waiting || now - s->since_ms <= s->timeout_ms) {
+        return COLO_SILENCE_OK;
+    }
+    s->silent = true;
+    return COLO_SILENCE_PEER_SILENT;
+}
+
+bool colo_silence_is_silent(const ColoSilence *s)
+{
+    return s->silent;
+}
+
+bool colo_silence_end_is_death(const ColoSilence *s, int64_t now)
+{
+    return !s->silent &&
+           now >= s->last_tick_ms &&
+           now - s->last_tick_ms <= s->timeout_ms / 2 &&
+           now >= s->frozen_until_ms;
+}
+
+int64_t colo_silence_heartbeat_ms(int64_t timeout_ms)
+{
+    return MAX(timeout_ms / 5, 1);
+}
+
+int64_t colo_silence_tick_ms(int64_t timeout_ms)
+{
+    return MAX(timeout_ms / 10, 1);
+}

@@ -1,0 +1,73 @@
+/*
+ * COLO: the silence rule, as a pure state machine (no clock, no thread).
+ *
+ * A side judges its peer by what it hears on the replication channel.
+ * The peer is silent when this side has been waiting on it (for a
+ * message, for a write to drain, for an ack) and has heard nothing for
+ * the silence timeout.  This side was frozen (SIGSTOP, a hung host that
+ * came back, a starved process) when its own watchdog did not tick for
+ * half the timeout: what it reads right after that may be stale, so a
+ * stream that ends then is no proof that the peer died.
+ *
+ * The caller passes the time (milliseconds of a monotonic clock) to
+ * every function; heartbeat.c feeds it from a watchdog thread.  A clock
+ * that goes backwards is refused: the judgement stands still.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef MIGRATION_COLO_SILENCE_H
+#define MIGRATION_COLO_SILENCE_H
+
+typedef enum ColoSilenceVerdict {
+    COLO_SILENCE_OK,            /* heard recently, or not waiting */
+    COLO_SILENCE_PEER_SILENT,   /* waited a whole timeout, heard nothing */
+} ColoSilenceVerdict;
+
+typedef struct ColoSilence {
+    int64_t timeout_ms;
+    bool waiting;               /* this side waits on the peer */
+    int64_t since_ms;           /* heard from the peer, or began waiting */
+    int64_t last_tick_ms;       /* the watchdog's last tick */
+    int64_t frozen_until_ms;    /* a stream end before this is not death */
+    bool silent;                /* the verdict was given: it stands */
+} ColoSilence;
+
+/* Start judging at @now with @timeout_ms. */
+void colo_silence_init(ColoSilence *s, int64_t timeout_ms, int64_t now);
+
+/* The timeout may change at any time (a live parameter). */
+void colo_silence_set_timeout(ColoSilence *s, int64_t timeout_ms);
+
+/* This side begins to wait on the peer, or stops waiting. */
+void colo_silence_wait_begin(ColoSilence *s, int64_t now);
+void colo_silence_wait_end(ColoSilence *s);
+
+/* Something arrived from the peer, or the peer took bytes we sent. */
+void colo_silence_heard(ColoSilence *s, int64_t now);
+
+/*
+ * The watchdog's tick.  A tick that comes more than half the timeout
+ * after the last one means this side was frozen: the wait starts again
+ * from @now (what this side missed while frozen is not the peer's
+ * fault), and until twice the timeout from now a stream end is not
+ * taken as the peer's death.  Returns the verdict; PEER_SILENT is given
+ * once, and colo_silence_is_silent() tells it from then on.
+ */
+ColoSilenceVerdict colo_silence_tick(ColoSilence *s, int64_t now);
+
+bool colo_silence_is_silent(const ColoSilence *s);
+
+/*
+ * May a stream that ended at @now be taken as the peer's death?  Not
+ * when the peer was judged silent, nor right after this side was
+ * frozen, nor when the watchdog has not ticked for half the timeout
+ * (this side is frozen now, or has just been thawed).
+ */
+bool colo_silence_end_is_death(const ColoSilence *s, int64_t now);
+
+/* How often the primary sends HEARTBEAT while idle, and the watchdog ticks. */
+int64_t colo_silence_heartbeat_ms(int64_t timeout_ms);
+int64_t colo_silence_tick_ms(int64_t timeout_ms);
+
+#endif
