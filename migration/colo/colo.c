@@ -365,6 +365,10 @@ COLOStatus *qmp_query_colo_status(Error **errp)
     }
     qemu_mutex_unlock(&colo_state.lock);
     st->stats = cs;
+    st->x_liveness = g_new0(COLOLiveness, 1);
+    st->x_liveness->silence_timeout = migrate_colo_silence_timeout();
+    st->x_liveness->peer_silent = colo_heartbeat_peer_silent();
+    st->x_liveness->quiet_ms = colo_heartbeat_quiet_ms();
     return st;
 }
 
@@ -388,6 +392,10 @@ void hmp_info_colo(Monitor *mon, const QDict *qdict)
         monitor_printf(mon, "secondary's ack: %" PRIu64 " us after the stop\n",
                        cs->received_last_us);
     }
+    monitor_printf(mon, "silence timeout: %u ms; peer %s (last heard %"
+                   PRIu64 " ms ago)\n", st->x_liveness->silence_timeout,
+                   st->x_liveness->peer_silent ? "silent" : "heard",
+                   st->x_liveness->quiet_ms);
 }
 
 void hmp_x_colo_checkpoint(Monitor *mon, const QDict *qdict)

@@ -69,7 +69,7 @@ static void *colo_heartbeat_thread(void *opaque)
             COLOMode mode = hb.mode;
             int64_t quiet = now - hb.heard_ms;
 
-            grace_end = now + colo_silence_heartbeat_ms(timeout);
+            grace_end = now + colo_silence_grace_ms(timeout);
             qemu_mutex_unlock(&hb.lock);
             colo_heartbeat_act(mode, quiet);
             qemu_mutex_lock(&hb.lock);
@@ -154,6 +154,23 @@ bool colo_heartbeat_end_is_death(void)
 {
     QEMU_LOCK_GUARD(&hb.lock);
     return colo_silence_end_is_death(&hb.silence, colo_heartbeat_now());
+}
+
+void colo_heartbeat_declare_silent(void)
+{
+    int64_t quiet;
+    COLOMode mode;
+    bool first;
+
+    qemu_mutex_lock(&hb.lock);
+    first = colo_silence_declare(&hb.silence);
+    quiet = colo_heartbeat_now() - hb.heard_ms;
+    mode = hb.mode;
+    qemu_mutex_unlock(&hb.lock);
+    if (first) {
+        trace_colo_heartbeat_peer_silent(COLOMode_str(mode), quiet);
+        qapi_event_send_x_colo_peer_silent(mode, quiet);
+    }
 }
 
 int64_t colo_heartbeat_interval_ms(void)

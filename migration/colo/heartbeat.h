@@ -50,6 +50,13 @@ bool colo_heartbeat_peer_silent(void);
  */
 bool colo_heartbeat_end_is_death(void);
 
+/*
+ * The secondary is cut off (the stream ended when it could not be taken
+ * for the primary's death): the peer counts as silent from now on, and
+ * X_COLO_PEER_SILENT is sent if it was not yet.
+ */
+void colo_heartbeat_declare_silent(void);
+
 /* How long the primary may send nothing before it sends HEARTBEAT. */
 int64_t colo_heartbeat_interval_ms(void);
 

@@ -200,6 +200,7 @@ static void colo_secondary_read_last_word(ColoSecondary *c)
 static void colo_secondary_wait_for_operator(ColoSecondary *c)
 {
     trace_colo_secondary_cut_off(c->loaded);
+    colo_heartbeat_declare_silent();
     while (failover_get_state() != FAILOVER_STATUS_REQUIRE) {
         qemu_sem_wait(&colo_state.kick);
     }

@@ -13,7 +13,7 @@ void colo_silence_init(ColoSilence *s, int64_t timeout_ms, int64_t now)
         .timeout_ms = timeout_ms,
         .since_ms = now,
         .last_tick_ms = now,
-        .frozen_until_ms = now,
+        .doubt_until_ms = now,
     };
 }
 
@@ -35,8 +35,16 @@ void colo_silence_wait_end(ColoSilence *s)
     s->waiting = false;
 }
 
+static void colo_silence_doubt(ColoSilence *s, int64_t now)
+{
+    s->doubt_until_ms = MAX(s->doubt_until_ms, now + 2 * s->timeout_ms);
+}
+
 void colo_silence_heard(ColoSilence *s, int64_t now)
 {
+    if (s->waiting && now - s->since_ms > s->timeout_ms * COLO_SILENCE_GAP / 10) {
+        colo_silence_doubt(s, now);
+    }
     s->since_ms = MAX(s->since_ms, now);
 }
 
@@ -49,7 +57,7 @@ ColoSilenceVerdict colo_silence_tick(ColoSilence *s, int64_t now)
     if (now - s->last_tick_ms > s->timeout_ms / 2) {
         /* This side did not run: frozen, not a silent peer. */
         s->since_ms = MAX(s->since_ms, now);
-        s->frozen_until_ms = now + 2 * s->timeout_ms;
+        colo_silence_doubt(s, now);
     }
     s->last_tick_ms = now;
     if (s->silent || !s->waiting || now - s->since_ms <= s->timeout_ms) {
@@ -64,20 +72,34 @@ bool colo_silence_is_silent(const ColoSilence *s)
     return s->silent;
 }
 
+bool colo_silence_declare(ColoSilence *s)
+{
+    bool was = s->silent;
+
+    s->silent = true;
+    return !was;
+}
+
 bool colo_silence_end_is_death(const ColoSilence *s, int64_t now)
 {
     return !s->silent &&
            now >= s->last_tick_ms &&
            now - s->last_tick_ms <= s->timeout_ms / 2 &&
-           now >= s->frozen_until_ms;
+           now >= s->doubt_until_ms;
 }
 
 int64_t colo_silence_heartbeat_ms(int64_t timeout_ms)
 {
-    return MAX(timeout_ms / 5, 1);
+    /* Well inside COLO_SILENCE_GAP: a steady peer casts no doubt. */
+    return MAX(timeout_ms / 6, 1);
 }
 
 int64_t colo_silence_tick_ms(int64_t timeout_ms)
 {
     return MAX(timeout_ms / 10, 1);
+}
+
+int64_t colo_silence_grace_ms(int64_t timeout_ms)
+{
+    return timeout_ms * COLO_SILENCE_GRACE / 10;
 }

@@ -4,10 +4,18 @@
  * A side judges its peer by what it hears on the replication channel.
  * The peer is silent when this side has been waiting on it (for a
  * message, for a write to drain, for an ack) and has heard nothing for
- * the silence timeout.  This side was frozen (SIGSTOP, a hung host that
- * came back, a starved process) when its own watchdog did not tick for
- * half the timeout: what it reads right after that may be stale, so a
- * stream that ends then is no proof that the peer died.
+ * the silence timeout.
+ *
+ * A stream that ends is the peer's death only when this side has been
+ * hearing it steadily.  Not so when this side was frozen (SIGSTOP, a
+ * hung host that came back, a starved process: its own watchdog did not
+ * tick for half the timeout), nor when it waited on the peer for more
+ * than COLO_SILENCE_GAP of the timeout without a word: what it reads
+ * after that may be stale, and a peer that judged *it* silent may have
+ * ended the stream while serving on (a primary blocked writing to us
+ * shuts the channel whole after COLO_SILENCE_GRACE of the timeout, which
+ * is more than that gap plus a tick).  For twice the timeout after
+ * either, a stream end is no proof that the peer died.
  *
  * The caller passes the time (milliseconds of a monotonic clock) to
  * every function; heartbeat.c feeds it from a watchdog thread.  A clock
@@ -19,6 +27,10 @@
 #ifndef MIGRATION_COLO_SILENCE_H
 #define MIGRATION_COLO_SILENCE_H
 
+/* Fractions of the timeout, in tenths. */
+#define COLO_SILENCE_GAP 3      /* a wait this long casts doubt */
+#define COLO_SILENCE_GRACE 5    /* see colo_silence_grace_ms() */
+
 typedef enum ColoSilenceVerdict {
     COLO_SILENCE_OK,            /* heard recently, or not waiting */
     COLO_SILENCE_PEER_SILENT,   /* waited a whole timeout, heard nothing */
@@ -29,7 +41,7 @@ typedef struct ColoSilence {
     bool waiting;               /* this side waits on the peer */
     int64_t since_ms;           /* heard from the peer, or began waiting */
     int64_t last_tick_ms;       /* the watchdog's last tick */
-    int64_t frozen_until_ms;    /* a stream end before this is not death */
+    int64_t doubt_until_ms;     /* a stream end before this is not death */
     bool silent;                /* the verdict was given: it stands */
 } ColoSilence;
 
@@ -43,7 +55,10 @@ void colo_silence_set_timeout(ColoSilence *s, int64_t timeout_ms);
 void colo_silence_wait_begin(ColoSilence *s, int64_t now);
 void colo_silence_wait_end(ColoSilence *s);
 
-/* Something arrived from the peer, or the peer took bytes we sent. */
+/*
+ * Something arrived from the peer, or the peer took bytes we sent.  A
+ * wait longer than COLO_SILENCE_GAP of the timeout ends in doubt.
+ */
 void colo_silence_heard(ColoSilence *s, int64_t now);
 
 /*
@@ -59,15 +74,27 @@ ColoSilenceVerdict colo_silence_tick(ColoSilence *s, int64_t now);
 bool colo_silence_is_silent(const ColoSilence *s);
 
 /*
+ * Judge the peer silent now, whatever the clock says (this side was cut
+ * off by a freeze).  Returns false if it already was.
+ */
+bool colo_silence_declare(ColoSilence *s);
+
+/*
  * May a stream that ended at @now be taken as the peer's death?  Not
  * when the peer was judged silent, nor right after this side was
- * frozen, nor when the watchdog has not ticked for half the timeout
- * (this side is frozen now, or has just been thawed).
+ * frozen or waited long, nor when the watchdog has not ticked for half
+ * the timeout (this side is frozen now, or has just been thawed).
  */
 bool colo_silence_end_is_death(const ColoSilence *s, int64_t now);
 
 /* How often the primary sends HEARTBEAT while idle, and the watchdog ticks. */
 int64_t colo_silence_heartbeat_ms(int64_t timeout_ms);
 int64_t colo_silence_tick_ms(int64_t timeout_ms);
+
+/*
+ * How long after its verdict a primary still blocked writing to a silent
+ * secondary shuts the channel whole (and the secondary may see the end).
+ */
+int64_t colo_silence_grace_ms(int64_t timeout_ms);
 
 #endif

@@ -128,12 +128,15 @@ START_TEST(test_frozen_side_blames_no_one)
     ck_assert_int_eq(colo_silence_tick(&s, 13500), COLO_SILENCE_OK);
     ck_assert(!colo_silence_is_silent(&s));
     ck_assert(!colo_silence_end_is_death(&s, 13500));
-    ck_assert_int_eq(tick_until(13600, 13500 + T, 100), COLO_SILENCE_OK);
-    ck_assert(!colo_silence_end_is_death(&s, 13500 + 2 * T - 100));
-    /* Heard all along since: the freeze is forgotten after 2T. */
-    colo_silence_heard(&s, 13500 + 2 * T);
-    ck_assert_int_eq(tick_until(13500 + T + 100, 13500 + 2 * T, 100),
-                     COLO_SILENCE_OK);
+    /* Heard steadily since: the freeze is forgotten after 2T. */
+    for (int64_t t = 13550; t < 13500 + 2 * T; t += 50) {
+        if (t % 250 == 0) {
+            colo_silence_heard(&s, t);
+        }
+        ck_assert_int_eq(colo_silence_tick(&s, t), COLO_SILENCE_OK);
+        ck_assert(!colo_silence_end_is_death(&s, t));
+    }
+    ck_assert_int_eq(colo_silence_tick(&s, 13500 + 2 * T), COLO_SILENCE_OK);
     ck_assert(colo_silence_end_is_death(&s, 13500 + 2 * T));
 }
 END_TEST
@@ -158,6 +161,41 @@ START_TEST(test_stale_watchdog_means_no_death)
 }
 END_TEST
 
+/*
+ * A wait of more than COLO_SILENCE_GAP of the timeout that ends with a
+ * word casts doubt on a stream end for two timeouts; a steady peer
+ * (a word every heartbeat) casts none.
+ */
+START_TEST(test_long_wait_casts_doubt)
+{
+    int64_t gap = T * COLO_SILENCE_GAP / 10;
+
+    colo_silence_wait_begin(&s, 1000);
+    for (int64_t t = 1000; t <= 5000; t += 50) {
+        if (t % 250 == 0) {
+            colo_silence_heard(&s, t);
+        }
+        ck_assert_int_eq(colo_silence_tick(&s, t), COLO_SILENCE_OK);
+        ck_assert(colo_silence_end_is_death(&s, t));
+    }
+    ck_assert_int_eq(tick_until(5050, 5000 + gap, 50), COLO_SILENCE_OK);
+    colo_silence_heard(&s, 5000 + gap);
+    ck_assert(colo_silence_end_is_death(&s, 5000 + gap));
+    ck_assert_int_eq(tick_until(5000 + gap + 50, 5000 + 2 * gap, 50),
+                     COLO_SILENCE_OK);
+    colo_silence_heard(&s, 5000 + 2 * gap + 1);
+    ck_assert(!colo_silence_end_is_death(&s, 5000 + 2 * gap + 1));
+    ck_assert(!colo_silence_end_is_death(&s, 5000 + 2 * gap + 2 * T - 1));
+    /* A wait that began late counts from its beginning. */
+    colo_silence_wait_end(&s);
+    colo_silence_wait_begin(&s, 20000);
+    ck_assert_int_eq(tick_until(5000 + 2 * gap + 50, 20000, 50),
+                     COLO_SILENCE_OK);
+    colo_silence_heard(&s, 20100);
+    ck_assert(colo_silence_end_is_death(&s, 20100));
+}
+END_TEST
+
 START_TEST(test_silent_peer_means_no_death)
 {
     colo_silence_wait_begin(&s, 1000);
@@ -179,8 +217,17 @@ END_TEST
 
 START_TEST(test_heartbeat_and_tick_periods)
 {
-    ck_assert_int_eq(colo_silence_heartbeat_ms(1500), 300);
+    ck_assert_int_eq(colo_silence_heartbeat_ms(1500), 250);
     ck_assert_int_eq(colo_silence_tick_ms(1500), 150);
+    /*
+     * A primary blocked writing shuts the channel after the grace: by
+     * then the secondary has waited longer than the gap, and a tick has
+     * passed.
+     */
+    ck_assert_int_gt(colo_silence_grace_ms(1500),
+                     1500 * COLO_SILENCE_GAP / 10 + colo_silence_tick_ms(1500));
+    ck_assert_int_lt(colo_silence_heartbeat_ms(1500) + 100,
+                     1500 * COLO_SILENCE_GAP / 10);
     ck_assert_int_ge(colo_silence_heartbeat_ms(1), 1);
     ck_assert_int_ge(colo_silence_tick_ms(1), 1);
 }
@@ -201,6 +248,7 @@ int main(void)
     tcase_add_test(tc, test_frozen_side_blames_no_one);
     tcase_add_test(tc, test_freeze_bound);
     tcase_add_test(tc, test_stale_watchdog_means_no_death);
+    tcase_add_test(tc, test_long_wait_casts_doubt);
     tcase_add_test(tc, test_silent_peer_means_no_death);
     tcase_add_test(tc, test_timeout_changes_live);
     tcase_add_test(tc, test_heartbeat_and_tick_periods);
