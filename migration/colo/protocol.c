@@ -28,7 +28,7 @@
  * sign of the peer's life (heartbeat.h): a checkpoint that takes longer
  * than the silence timeout to cross is not silence.
  */
-#define COLO_MSG_CHUNK (1 * MiB)
+#define COLO_MSG_CHUNK (64 * KiB)
 
 static const char *const colo_msg_names[COLO_MSG__MAX] = {
     [COLO_MSG_HELLO] = "hello",

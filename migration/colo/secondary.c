@@ -274,17 +274,20 @@ static void *colo_secondary_thread(void *opaque)
             break;
         }
     }
+    if (!c->shutdown && !c->primary_alone && !c->unusable &&
+        qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
+        colo_secondary_read_last_word(c);
+    }
     if (c->shutdown || c->primary_alone || c->unusable) {
         /* decided by the primary's word, or by this SVM's state */
     } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE &&
                !colo_heartbeat_end_is_death()) {
         /*
-         * The primary went silent, or this side was frozen just before
-         * the stream ended: the primary may well be alive and serving.
+         * The primary went silent, or this side was frozen or waited
+         * long just before the stream ended: the primary may well be
+         * alive and serving.
          */
         c->cut_off = true;
-    } else if (qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
-        colo_secondary_read_last_word(c);
     } else if (!colo_secondary_stream_ended(c)) {
         /*
          * A well-framed stream that is wrong (checksum, type, order,

@@ -42,7 +42,8 @@ static void colo_silence_doubt(ColoSilence *s, int64_t now)
 
 void colo_silence_heard(ColoSilence *s, int64_t now)
 {
-    if (s->waiting && now - s->since_ms > s->timeout_ms * COLO_SILENCE_GAP / 10) {
+    if (s->waiting &&
+        now - s->since_ms > s->timeout_ms * COLO_SILENCE_GAP / 1000) {
         colo_silence_doubt(s, now);
     }
     s->since_ms = MAX(s->since_ms, now);
@@ -90,8 +91,11 @@ bool colo_silence_end_is_death(const ColoSilence *s, int64_t now)
 
 int64_t colo_silence_heartbeat_ms(int64_t timeout_ms)
 {
-    /* Well inside COLO_SILENCE_GAP: a steady peer casts no doubt. */
-    return MAX(timeout_ms / 6, 1);
+    /*
+     * Well inside COLO_SILENCE_GAP: a steady peer casts no doubt, even
+     * with a checkpoint's capture between two words.
+     */
+    return MAX(timeout_ms / 10, 1);
 }
 
 int64_t colo_silence_tick_ms(int64_t timeout_ms)
@@ -101,5 +105,5 @@ int64_t colo_silence_tick_ms(int64_t timeout_ms)
 
 int64_t colo_silence_grace_ms(int64_t timeout_ms)
 {
-    return timeout_ms * COLO_SILENCE_GRACE / 10;
+    return timeout_ms * COLO_SILENCE_GRACE / 1000;
 }

@@ -27,9 +27,13 @@
 #ifndef MIGRATION_COLO_SILENCE_H
 #define MIGRATION_COLO_SILENCE_H
 
-/* Fractions of the timeout, in tenths. */
-#define COLO_SILENCE_GAP 3      /* a wait this long casts doubt */
-#define COLO_SILENCE_GRACE 5    /* see colo_silence_grace_ms() */
+/*
+ * Fractions of the timeout, per mille.  GRACE must exceed GAP plus a
+ * tick (a tenth), and T + GRACE + a tick stays under T + 1 s at the
+ * default T: the client's longest wait when the secondary goes silent.
+ */
+#define COLO_SILENCE_GAP 400    /* a wait this long casts doubt */
+#define COLO_SILENCE_GRACE 550  /* see colo_silence_grace_ms() */
 
 typedef enum ColoSilenceVerdict {
     COLO_SILENCE_OK,            /* heard recently, or not waiting */

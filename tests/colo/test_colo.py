@@ -239,7 +239,8 @@ def test_paused_primary_stays_paused(bed, vm_factory, workdir):
     COLO leaves it in the run state it is in."""
     pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=50,
                              before_migrate=lambda p, s: p.qmp("stop"))
-    assert pvm.qmp("query-status")["status"] == "paused"
+    # COLO gives the VM its run state back once the secondary said HELLO.
+    pvm.wait_status({"paused"}, 30)
     n = checkpoints(svm)
     pvm.qmp("x-colo-checkpoint")
     wait_until(lambda: checkpoints(svm) > n, 30, "a checkpoint")

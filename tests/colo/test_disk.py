@@ -174,12 +174,17 @@ def test_replica_removed_before_failover(bed, vm_factory, workdir):
     primary the secondary is gone (the order of QEMU's COLO-FT guide):
     the secondary is silent, writes are held for its acknowledgement, and
     removing the child drains them.  The drain ends (the hold is bounded
-    then), the secondary is dropped and the guest sees no disk error."""
+    then), the secondary is dropped and the guest sees no disk error.
+    The heartbeat would drop the silent secondary by itself first
+    (test_silence.py): a long silence timeout leaves the tool's sequence
+    to act."""
     disk = ReplicatedDisk(workdir)
     pvm, svm, proxy = start_pair(
         bed, vm_factory, workdir, delay_ms=100, append=disk.guest_append(),
         disk=disk, via_proxy=True,
-        primary_args=["-trace", "colo_repl_*", "-trace", "colo_checkpoint_*"])
+        primary_args=["-trace", "colo_repl_*", "-trace", "colo_checkpoint_*"],
+        before_migrate=lambda p, s: p.qmp(
+            "migrate-set-parameters", {"x-colo-silence-timeout": 600000}))
     try:
         before = wait_writing(bed, 20)
         # No checkpoint in flight (the primary stopped, periodic ones off,

@@ -168,7 +168,9 @@ END_TEST
  */
 START_TEST(test_long_wait_casts_doubt)
 {
-    int64_t gap = T * COLO_SILENCE_GAP / 10;
+    int64_t gap = T * COLO_SILENCE_GAP / 1000;
+
+    ck_assert_int_eq(gap, 600);
 
     colo_silence_wait_begin(&s, 1000);
     for (int64_t t = 1000; t <= 5000; t += 50) {
@@ -217,7 +219,7 @@ END_TEST
 
 START_TEST(test_heartbeat_and_tick_periods)
 {
-    ck_assert_int_eq(colo_silence_heartbeat_ms(1500), 250);
+    ck_assert_int_eq(colo_silence_heartbeat_ms(1500), 150);
     ck_assert_int_eq(colo_silence_tick_ms(1500), 150);
     /*
      * A primary blocked writing shuts the channel after the grace: by
@@ -225,9 +227,13 @@ START_TEST(test_heartbeat_and_tick_periods)
      * passed.
      */
     ck_assert_int_gt(colo_silence_grace_ms(1500),
-                     1500 * COLO_SILENCE_GAP / 10 + colo_silence_tick_ms(1500));
-    ck_assert_int_lt(colo_silence_heartbeat_ms(1500) + 100,
-                     1500 * COLO_SILENCE_GAP / 10);
+                     1500 * COLO_SILENCE_GAP / 1000 +
+                     colo_silence_tick_ms(1500));
+    ck_assert_int_lt(colo_silence_heartbeat_ms(1500) + 400,
+                     1500 * COLO_SILENCE_GAP / 1000);
+    /* The client's longest wait for a silent secondary: under T + 1 s. */
+    ck_assert_int_lt(1500 + colo_silence_grace_ms(1500) +
+                     colo_silence_tick_ms(1500), 1500 + 1000);
     ck_assert_int_ge(colo_silence_heartbeat_ms(1), 1);
     ck_assert_int_ge(colo_silence_tick_ms(1), 1);
 }

@@ -1,0 +1,312 @@
+/*
+ * Who serves when a COLO peer goes silent: a model of the heartbeat and
+ * the silence rule (migration/colo/heartbeat.h, silence.h;
+ * docs/devel/migration/colo.rst, "A silent peer"), checked by spin
+ * (scripts/run-checks.sh model).  Standalone mode: no arbiter.
+ *
+ * Time is a clock that advances on its own (Clock); everything else may
+ * be delayed without bound, so a pause (SIGSTOP) or a starved thread of
+ * either side is any interleaving in which that side takes no step while
+ * the clock runs.  Each side is two processes, as in the code: its loop
+ * (primary.c, secondary.c) and its watchdog (heartbeat.c).  The link is
+ * one TCP connection: FIFO each way, with what the sender's kernel holds
+ * (fwd has room for one message: a sender blocks when it is full); a
+ * partition (Nemesis, both ways or one way, healed, in any order) holds
+ * back everything in that direction, as TCP does, and delivers it after
+ * the heal; FIN travels behind the data.
+ *
+ * Names follow the code: P_COLO, P_ALONE (serves on, releases all it
+ * held), P_GONE (killed); S_RECV, S_CUT_OFF (waits for the operator's
+ * x-colo-lost-heartbeat), S_TOOK_OVER, S_DOWN (stayed down).  The units
+ * are tenths of the silence timeout, as the code's fractions:
+ *
+ *   T       the silence timeout: waited this long unheard, the peer is
+ *           silent (colo_silence_tick())
+ *   GAP     a wait longer than this that ends with a word casts doubt
+ *           (COLO_SILENCE_GAP, colo_silence_heard())
+ *   GRACE   after its verdict, a primary still blocked writing shuts the
+ *           channel whole (COLO_SILENCE_GRACE)
+ *   FROZEN  a watchdog tick this late means this side was frozen
+ *   DOUBT   how long doubt lasts: a stream end then is not death
+ *
+ * The operator takes a cut-off secondary over only once the primary is
+ * dead, as QEMU's documentation asks.
+ *
+ * Safety, checked in every state:
+ *   ONE_SERVES   never the primary alone and the secondary taken over;
+ *   COVERED      a secondary that took over stands behind every output a
+ *                client saw: released_max <= s_have.
+ *
+ * Mutants, each of which must produce a violation:
+ *   NO_SILENCE_RULE  a secondary takes every stream end for the primary's
+ *                    death (the rule before the heartbeat);
+ *   NO_GAP_RULE      a long wait casts no doubt;
+ *   NO_FREEZE_RULE   a late watchdog tick casts no doubt.
+ *
+ * model-mutants: NO_SILENCE_RULE NO_GAP_RULE NO_FREEZE_RULE
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#define T       4
+#define GAP     1
+#define GRACE   2
+#define FROZEN  2
+#define DOUBT   8
+#define CANCEL_GRACE 3  /* colo_state_interrupt()'s 1 s, at T = 1.5 s */
+#define NOW_MAX 16
+#define MAXE    2       /* checkpoints the primary takes at most */
+#define CUTS    2       /* partition changes per direction at most */
+
+#define P_COLO  0
+#define P_ALONE 1
+#define P_GONE  2
+
+#define S_RECV      0
+#define S_CUT_OFF   1
+#define S_TOOK_OVER 2
+#define S_DOWN      3
+#define S_DEAD      4
+
+mtype = { CKPT, HEARTBEAT, ERR, ACK, END };
+
+chan fwd = [1] of { mtype, byte };      /* primary -> secondary */
+chan back = [2] of { mtype, byte };     /* secondary -> primary */
+bool fwd_fin = false;       /* the primary closed: FIN behind fwd's data */
+bool back_fin = false;      /* the secondary closed */
+bool fwd_cut = false;
+bool back_cut = false;
+
+byte now = 0;
+
+byte p_state = P_COLO;
+byte p_epoch = 0;           /* last checkpoint sent */
+byte released_max = 0;      /* newest epoch whose output clients saw */
+bool p_waiting = false;
+byte p_since = 0;           /* heard, or began waiting */
+bool p_silent = false;      /* the verdict */
+byte p_verdict_at = 0;
+bool p_hard = false;        /* the channel is shut whole */
+bool p_cancelled = false;   /* migrate_cancel: a soft interrupt */
+byte p_cancel_at = 0;
+
+byte s_state = S_RECV;
+byte s_have = 0;            /* checkpoint the secondary holds */
+bool s_waiting = false;
+byte s_since = 0;
+byte s_tick = 0;
+byte s_doubt_until = 0;
+bool s_silent = false;
+
+#define ONE_SERVES  (!(p_state == P_ALONE && s_state == S_TOOK_OVER))
+#define COVERED     (s_state != S_TOOK_OVER || released_max <= s_have)
+
+inline p_heard()
+{
+    if
+    :: p_since < now -> p_since = now
+    :: else -> skip
+    fi
+}
+
+inline s_heard()
+{
+#ifndef NO_GAP_RULE
+    if
+    :: s_waiting && now - s_since > GAP -> s_doubt_until = now + DOUBT
+    :: else -> skip
+    fi;
+#endif
+    if
+    :: s_since < now -> s_since = now
+    :: else -> skip
+    fi
+}
+
+/* colo_silence_end_is_death() */
+#ifdef NO_SILENCE_RULE
+#define END_IS_DEATH true
+#else
+#define END_IS_DEATH (!s_silent && now - s_tick <= FROZEN && \
+                      now >= s_doubt_until)
+#endif
+
+active proctype Clock()
+{
+    do
+    :: now < NOW_MAX -> now++
+    :: now == NOW_MAX -> break
+    od
+}
+
+active proctype Nemesis()
+{
+    byte fc = 0, bc = 0;
+
+    do
+    :: fc < CUTS -> fwd_cut = !fwd_cut; fc++
+    :: bc < CUTS -> back_cut = !back_cut; bc++
+    :: break
+    od;
+    /* healed in the end: what was held back arrives */
+    fwd_cut = false;
+    back_cut = false
+}
+
+active proctype Primary()
+{
+    mtype m;
+    byte e;
+
+    do
+    :: p_state == P_COLO ->
+        /* the next checkpoint, or a heartbeat when idle */
+        if
+        :: p_epoch < MAXE -> p_epoch++; m = CKPT
+        :: m = HEARTBEAT
+        fi;
+        atomic { p_waiting = true; p_heard() }
+        /* the write blocks while the kernel's buffer is full */
+        if
+        :: atomic { nfull(fwd) && !p_hard -> fwd ! m(p_epoch); p_heard() }
+        :: p_hard -> p_waiting = false; goto alone
+        :: goto gone
+        fi;
+        /* the secondary's answer: RECEIVED covers the checkpoint */
+        if
+        :: atomic { !back_cut && nempty(back) -> back ? ACK(e);
+                    p_waiting = false; p_heard();
+                    if
+                    :: m == CKPT -> released_max = e
+                    :: else -> skip
+                    fi }
+        :: atomic { !back_cut && empty(back) && back_fin } ->
+            p_waiting = false; goto alone          /* the secondary died */
+        :: p_silent -> p_waiting = false; goto alone   /* read side shut */
+        :: goto gone                            /* killed */
+        :: atomic { p_cancelled = true; p_cancel_at = now;
+                    p_waiting = false }; goto alone     /* migrate_cancel */
+        fi
+    od;
+
+alone:
+    /* tell the secondary (ERROR), unless blocked until the hard shut */
+    p_waiting = true;
+    if
+    :: atomic { nfull(fwd) && !p_hard -> fwd ! ERR(0) }
+    :: p_hard -> skip
+    fi;
+    atomic {
+        p_waiting = false;
+        fwd_fin = true;
+        released_max = p_epoch + 1;     /* held output goes out */
+        p_state = P_ALONE
+    }
+    goto done;
+
+gone:
+    atomic { fwd_fin = true; p_state = P_GONE };
+done:
+    skip
+}
+
+active proctype PrimaryWatchdog()
+{
+end:
+    do
+    :: atomic { p_state == P_COLO && !p_silent && p_waiting &&
+                now - p_since > T -> p_silent = true; p_verdict_at = now }
+    :: atomic { p_silent && !p_hard && p_waiting &&
+                now >= p_verdict_at + GRACE -> p_hard = true }
+    :: atomic { p_cancelled && !p_hard && p_waiting &&
+                now >= p_cancel_at + CANCEL_GRACE -> p_hard = true }
+    od
+}
+
+active proctype Secondary()
+{
+    mtype m;
+    byte e;
+
+    do
+    :: s_state == S_RECV ->
+        atomic {
+            s_waiting = true;
+            if
+            :: s_since < now -> s_since = now
+            :: else -> skip
+            fi
+        }
+        if
+        :: atomic { !fwd_cut && nempty(fwd) -> fwd ? m(e); s_heard();
+                    s_waiting = false }
+        :: atomic { !fwd_cut && empty(fwd) && fwd_fin -> m = END;
+                    s_waiting = false }
+        :: atomic { s_silent -> m = END; s_waiting = false }  /* shut */
+        :: atomic { back ! END(0); back_fin = true; s_state = S_DEAD };
+            break                                         /* killed */
+        fi;
+        if
+        :: m == CKPT || m == HEARTBEAT ->
+            if
+            :: m == CKPT -> s_have = e
+            :: else -> skip
+            fi;
+            if
+            :: atomic { nfull(back) -> back ! ACK(e) }
+            :: s_silent -> goto ended
+            fi
+        :: m == ERR -> s_state = S_DOWN
+        :: m == END -> goto ended
+        fi
+    :: s_state != S_RECV -> break
+    od;
+    goto done;
+
+ended:
+    if
+    :: END_IS_DEATH -> s_state = S_TOOK_OVER
+    :: else ->
+        s_state = S_CUT_OFF;
+        /* the operator, once the primary is dead */
+        p_state == P_GONE;
+        s_state = S_TOOK_OVER
+    fi;
+done:
+    skip
+}
+
+active proctype SecondaryWatchdog()
+{
+end:
+    do
+    :: atomic {
+        s_state == S_RECV && now != s_tick ->
+#ifndef NO_FREEZE_RULE
+        if
+        :: now - s_tick > FROZEN ->
+            /* frozen: the peer is not to blame for what we missed */
+            s_doubt_until = now + DOUBT;
+            if
+            :: s_since < now -> s_since = now
+            :: else -> skip
+            fi
+        :: else -> skip
+        fi;
+#endif
+        s_tick = now;
+        if
+        :: s_waiting && !s_silent && now - s_since > T -> s_silent = true
+        :: else -> skip
+        fi
+       }
+    od
+}
+
+active proctype Invariants()
+{
+end:
+    do
+    :: assert(ONE_SERVES && COVERED)
+    od
+}
