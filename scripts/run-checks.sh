@@ -212,10 +212,14 @@ run_nocolo() {
 # each must hold, and each mutant it names ("model-mutants: A B") must
 # fail, which shows that the model sees what its rules guard against.
 run_one_model() {
-    local pml=$1 mutant=$2 dir out
+    local pml=$1 mutant=$2 dir out flags
     dir=$(mktemp -d)
+    # "model-pan-flags: ..." adds to pan's options (a timed model stops
+    # its clock, so that waiting ends are no deadlock: -E).
+    flags=$(sed -n 's/.*model-pan-flags:\(.*\)/\1/p' "$pml")
     out=$( (cd "$dir" && spin ${mutant:+-D$mutant} -a "$pml" &&
-            cc -O2 -DSAFETY -o pan pan.c && ./pan -m100000) 2>&1)
+            cc -O2 -DSAFETY -DCOLLAPSE -o pan pan.c &&
+            ./pan -m1000000 $flags) 2>&1)
     rm -rf "$dir"
     echo "$out" | sed -n 's/.*errors: \([0-9]*\).*/\1/p' | tail -n 1
 }

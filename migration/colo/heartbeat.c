@@ -132,7 +132,7 @@ void colo_heartbeat_wait_begin(void)
 void colo_heartbeat_wait_end(void)
 {
     QEMU_LOCK_GUARD(&hb.lock);
-    colo_silence_wait_end(&hb.silence);
+    colo_silence_wait_end(&hb.silence, colo_heartbeat_now());
 }
 
 void colo_heartbeat_heard(void)
@@ -153,7 +153,7 @@ bool colo_heartbeat_peer_silent(void)
 bool colo_heartbeat_end_is_death(void)
 {
     QEMU_LOCK_GUARD(&hb.lock);
-    return colo_silence_end_is_death(&hb.silence, colo_heartbeat_now());
+    return colo_silence_end_is_death(&hb.silence);
 }
 
 void colo_heartbeat_declare_silent(void)

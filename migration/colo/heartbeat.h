@@ -45,8 +45,9 @@ void colo_heartbeat_heard(void);
 bool colo_heartbeat_peer_silent(void);
 
 /*
- * The stream has just ended: may the secondary take it for the
- * primary's death (see colo_silence_end_is_death())?
+ * The stream has ended: may the secondary take it for the primary's
+ * death?  Judged when the wait that saw the end ended (see
+ * colo_silence_end_is_death()); ask before any other wait.
  */
 bool colo_heartbeat_end_is_death(void);
 

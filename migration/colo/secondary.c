@@ -212,6 +212,7 @@ static void *colo_secondary_thread(void *opaque)
     g_autoptr(GByteArray) hello = g_byte_array_new();
     struct iovec iov;
     bool running = true;
+    bool death;
 
     /* RAM blocks, FlatViews and virtio's caches are read under RCU here. */
     rcu_register_thread();
@@ -274,14 +275,15 @@ static void *colo_secondary_thread(void *opaque)
             break;
         }
     }
+    /* Judged as the stream ended, before the reads below. */
+    death = colo_heartbeat_end_is_death();
     if (!c->shutdown && !c->primary_alone && !c->unusable &&
         qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
         colo_secondary_read_last_word(c);
     }
     if (c->shutdown || c->primary_alone || c->unusable) {
         /* decided by the primary's word, or by this SVM's state */
-    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE &&
-               !colo_heartbeat_end_is_death()) {
+    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE && !death) {
         /*
          * The primary went silent, or this side was frozen or waited
          * long just before the stream ended: the primary may well be

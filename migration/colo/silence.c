@@ -12,6 +12,7 @@ void colo_silence_init(ColoSilence *s, int64_t timeout_ms, int64_t now)
     *s = (ColoSilence) {
         .timeout_ms = timeout_ms,
         .since_ms = now,
+        .heard_ms = now,
         .last_tick_ms = now,
         .doubt_until_ms = now,
     };
@@ -30,23 +31,32 @@ void colo_silence_wait_begin(ColoSilence *s, int64_t now)
     }
 }
 
-void colo_silence_wait_end(ColoSilence *s)
-{
-    s->waiting = false;
-}
-
+/* For twice the timeout from @now, a stream end is not death. */
 static void colo_silence_doubt(ColoSilence *s, int64_t now)
 {
     s->doubt_until_ms = MAX(s->doubt_until_ms, now + 2 * s->timeout_ms);
 }
 
-void colo_silence_heard(ColoSilence *s, int64_t now)
+static void colo_silence_check_gap(ColoSilence *s, int64_t now)
 {
     if (s->waiting &&
         now - s->since_ms > s->timeout_ms * COLO_SILENCE_GAP / 1000) {
         colo_silence_doubt(s, now);
     }
+}
+
+void colo_silence_heard(ColoSilence *s, int64_t now)
+{
+    colo_silence_check_gap(s, now);
     s->since_ms = MAX(s->since_ms, now);
+    s->heard_ms = MAX(s->heard_ms, now);
+}
+
+void colo_silence_wait_end(ColoSilence *s, int64_t now)
+{
+    colo_silence_check_gap(s, now);
+    s->end_ok = colo_silence_could_be_death(s, now);
+    s->waiting = false;
 }
 
 ColoSilenceVerdict colo_silence_tick(ColoSilence *s, int64_t now)
@@ -81,9 +91,16 @@ bool colo_silence_declare(ColoSilence *s)
     return !was;
 }
 
-bool colo_silence_end_is_death(const ColoSilence *s, int64_t now)
+bool colo_silence_end_is_death(const ColoSilence *s)
+{
+    return !s->silent && s->end_ok;
+}
+
+bool colo_silence_could_be_death(const ColoSilence *s, int64_t now)
 {
     return !s->silent &&
+           now >= s->heard_ms &&
+           now - s->heard_ms <= s->timeout_ms * COLO_SILENCE_GAP / 1000 &&
            now >= s->last_tick_ms &&
            now - s->last_tick_ms <= s->timeout_ms / 2 &&
            now >= s->doubt_until_ms;

@@ -44,9 +44,11 @@ typedef struct ColoSilence {
     int64_t timeout_ms;
     bool waiting;               /* this side waits on the peer */
     int64_t since_ms;           /* heard from the peer, or began waiting */
+    int64_t heard_ms;           /* heard from the peer */
     int64_t last_tick_ms;       /* the watchdog's last tick */
     int64_t doubt_until_ms;     /* a stream end before this is not death */
     bool silent;                /* the verdict was given: it stands */
+    bool end_ok;                /* the last wait could end in death */
 } ColoSilence;
 
 /* Start judging at @now with @timeout_ms. */
@@ -55,9 +57,14 @@ void colo_silence_init(ColoSilence *s, int64_t timeout_ms, int64_t now);
 /* The timeout may change at any time (a live parameter). */
 void colo_silence_set_timeout(ColoSilence *s, int64_t timeout_ms);
 
-/* This side begins to wait on the peer, or stops waiting. */
+/*
+ * This side begins to wait on the peer, or stops waiting.  A wait longer
+ * than COLO_SILENCE_GAP of the timeout casts doubt, whether a word or the
+ * stream's end ends it; the end of a wait also records whether a stream
+ * end right then could be the peer's death (colo_silence_end_is_death()).
+ */
 void colo_silence_wait_begin(ColoSilence *s, int64_t now);
-void colo_silence_wait_end(ColoSilence *s);
+void colo_silence_wait_end(ColoSilence *s, int64_t now);
 
 /*
  * Something arrived from the peer, or the peer took bytes we sent.  A
@@ -84,12 +91,20 @@ bool colo_silence_is_silent(const ColoSilence *s);
 bool colo_silence_declare(ColoSilence *s);
 
 /*
- * May a stream that ended at @now be taken as the peer's death?  Not
- * when the peer was judged silent, nor right after this side was
- * frozen or waited long, nor when the watchdog has not ticked for half
- * the timeout (this side is frozen now, or has just been thawed).
+ * Could a stream that ends at @now be the peer's death?  Only if the
+ * peer spoke last less than COLO_SILENCE_GAP of the timeout ago.  Not
+ * when the peer was judged silent, nor right after this side was frozen
+ * or waited long, nor when the watchdog has not ticked for half the
+ * timeout (this side is frozen now, or has just been thawed).
  */
-bool colo_silence_end_is_death(const ColoSilence *s, int64_t now);
+bool colo_silence_could_be_death(const ColoSilence *s, int64_t now);
+
+/*
+ * The stream has ended (the wait that saw it has ended): is it the
+ * peer's death?  Judged when that wait ended, not now: a side starved
+ * between seeing the end and deciding must not outlive its doubt.
+ */
+bool colo_silence_end_is_death(const ColoSilence *s);
 
 /* How often the primary sends HEARTBEAT while idle, and the watchdog ticks. */
 int64_t colo_silence_heartbeat_ms(int64_t timeout_ms);

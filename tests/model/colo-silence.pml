@@ -4,11 +4,11 @@
  * docs/devel/migration/colo.rst, "A silent peer"), checked by spin
  * (scripts/run-checks.sh model).  Standalone mode: no arbiter.
  *
- * Time is a clock that advances on its own (Clock); everything else may
- * be delayed without bound, so a pause (SIGSTOP) or a starved thread of
- * either side is any interleaving in which that side takes no step while
- * the clock runs.  Each side is two processes, as in the code: its loop
- * (primary.c, secondary.c) and its watchdog (heartbeat.c).  The link is
+ * Time is a clock that advances on its own (Clock); each side's watchdog
+ * (heartbeat.c) ticks with it.  A side's loop (primary.c, secondary.c)
+ * may be delayed without bound: a starved thread is any interleaving in
+ * which it takes no step while the clock runs.  A pause (SIGSTOP, by
+ * Nemesis) stops a side's loop and watchdog both.  The link is
  * one TCP connection: FIFO each way, with what the sender's kernel holds
  * (fwd has room for one message: a sender blocks when it is full); a
  * partition (Nemesis, both ways or one way, healed, in any order) holds
@@ -22,8 +22,10 @@
  *
  *   T       the silence timeout: waited this long unheard, the peer is
  *           silent (colo_silence_tick())
- *   GAP     a wait longer than this that ends with a word casts doubt
- *           (COLO_SILENCE_GAP, colo_silence_heard())
+ *   GAP     a wait longer than this casts doubt, whether a word or the
+ *           stream's end ends it, and a stream end is death only this
+ *           soon after the peer's last word (COLO_SILENCE_GAP,
+ *           colo_silence_heard(), colo_silence_wait_end())
  *   GRACE   after its verdict, a primary still blocked writing shuts the
  *           channel whole (COLO_SILENCE_GRACE)
  *   FROZEN  a watchdog tick this late means this side was frozen
@@ -32,7 +34,8 @@
  * The operator takes a cut-off secondary over only once the primary is
  * dead, as QEMU's documentation asks.
  *
- * Safety, checked in every state:
+ * Safety, asserted wherever a side starts to serve or output is
+ * released:
  *   ONE_SERVES   never the primary alone and the secondary taken over;
  *   COVERED      a secondary that took over stands behind every output a
  *                client saw: released_max <= s_have.
@@ -43,20 +46,24 @@
  *   NO_GAP_RULE      a long wait casts no doubt;
  *   NO_FREEZE_RULE   a late watchdog tick casts no doubt.
  *
+ * The clock stops at NOW_MAX, and a side may wait for ever (a cut-off
+ * secondary for its operator): ends in a wait are no deadlock.
+ *
  * model-mutants: NO_SILENCE_RULE NO_GAP_RULE NO_FREEZE_RULE
+ * model-pan-flags: -E
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #define T       4
 #define GAP     1
-#define GRACE   2
+#define GRACE   3
 #define FROZEN  2
 #define DOUBT   8
 #define CANCEL_GRACE 3  /* colo_state_interrupt()'s 1 s, at T = 1.5 s */
-#define NOW_MAX 16
+#define NOW_MAX 14
 #define MAXE    2       /* checkpoints the primary takes at most */
-#define CUTS    2       /* partition changes per direction at most */
+#define MAXMSG  2       /* messages (checkpoints, heartbeats) at most */
 
 #define P_COLO  0
 #define P_ALONE 1
@@ -76,11 +83,14 @@ bool fwd_fin = false;       /* the primary closed: FIN behind fwd's data */
 bool back_fin = false;      /* the secondary closed */
 bool fwd_cut = false;
 bool back_cut = false;
+bool p_frozen = false;      /* SIGSTOP: the loop and the watchdog stand */
+bool s_frozen = false;
 
 byte now = 0;
 
 byte p_state = P_COLO;
 byte p_epoch = 0;           /* last checkpoint sent */
+byte p_sent = 0;
 byte released_max = 0;      /* newest epoch whose output clients saw */
 bool p_waiting = false;
 byte p_since = 0;           /* heard, or began waiting */
@@ -94,9 +104,11 @@ byte s_state = S_RECV;
 byte s_have = 0;            /* checkpoint the secondary holds */
 bool s_waiting = false;
 byte s_since = 0;
+byte s_heard_at = 0;        /* the primary's last word */
 byte s_tick = 0;
 byte s_doubt_until = 0;
 bool s_silent = false;
+bool s_end_ok = false;      /* colo_silence_end_is_death()'s snapshot */
 
 #define ONE_SERVES  (!(p_state == P_ALONE && s_state == S_TOOK_OVER))
 #define COVERED     (s_state != S_TOOK_OVER || released_max <= s_have)
@@ -109,57 +121,127 @@ inline p_heard()
     fi
 }
 
-inline s_heard()
+/* A wait longer than GAP casts doubt, whether a word ends it or not. */
+inline s_gap_check()
 {
 #ifndef NO_GAP_RULE
     if
     :: s_waiting && now - s_since > GAP -> s_doubt_until = now + DOUBT
     :: else -> skip
-    fi;
+    fi
+#else
+    skip
 #endif
+}
+
+inline s_heard()
+{
+    s_gap_check();
+    s_heard_at = now;
     if
     :: s_since < now -> s_since = now
     :: else -> skip
     fi
 }
 
-/* colo_silence_end_is_death() */
+/* colo_silence_could_be_death(), taken when the wait that saw the end ends */
 #ifdef NO_SILENCE_RULE
-#define END_IS_DEATH true
+#define COULD_BE_DEATH true
 #else
-#define END_IS_DEATH (!s_silent && now - s_tick <= FROZEN && \
-                      now >= s_doubt_until)
+#define COULD_BE_DEATH (!s_silent && now - s_tick <= FROZEN && \
+                        now >= s_doubt_until && now - s_heard_at <= GAP)
 #endif
 
+/* heartbeat.c's watchdog of the primary: one tick */
+inline p_watchdog_tick()
+{
+    if
+    :: p_state == P_COLO && !p_silent && p_waiting && now - p_since > T ->
+        p_silent = true; p_verdict_at = now
+    :: else -> skip
+    fi;
+    if
+    :: p_silent && !p_hard && p_waiting && now >= p_verdict_at + GRACE ->
+        p_hard = true
+    :: p_cancelled && !p_hard && p_waiting &&
+       now >= p_cancel_at + CANCEL_GRACE -> p_hard = true
+    :: else -> skip
+    fi
+}
+
+/* heartbeat.c's watchdog of the secondary: one tick (colo_silence_tick()) */
+inline s_watchdog_tick()
+{
+    if
+    :: s_state == S_RECV ->
+#ifndef NO_FREEZE_RULE
+        if
+        :: now - s_tick > FROZEN ->
+            /* frozen: the peer is not to blame for what we missed */
+            s_doubt_until = now + DOUBT;
+            if
+            :: s_since < now -> s_since = now
+            :: else -> skip
+            fi
+        :: else -> skip
+        fi;
+#endif
+        s_tick = now;
+        if
+        :: s_waiting && !s_silent && now - s_since > T -> s_silent = true
+        :: else -> skip
+        fi
+    :: else -> skip
+    fi
+}
+
+/*
+ * Time, and the watchdogs: a thread of each side that ticks with it,
+ * unless that side is frozen (then it misses the ticks, and notices).
+ */
 active proctype Clock()
 {
     do
-    :: now < NOW_MAX -> now++
+    :: atomic {
+        now < NOW_MAX -> now++;
+        if
+        :: !p_frozen -> p_watchdog_tick()
+        :: else -> skip
+        fi;
+        if
+        :: !s_frozen -> s_watchdog_tick()
+        :: else -> skip
+        fi
+       }
     :: now == NOW_MAX -> break
     od
 }
 
+/*
+ * One fault per run, at any instant, healed at any later instant (or
+ * never): the link cut both ways or one way, or a side frozen.
+ */
 active proctype Nemesis()
 {
-    byte fc = 0, bc = 0;
-
-    do
-    :: fc < CUTS -> fwd_cut = !fwd_cut; fc++
-    :: bc < CUTS -> back_cut = !back_cut; bc++
-    :: break
-    od;
-    /* healed in the end: what was held back arrives */
-    fwd_cut = false;
-    back_cut = false
+    if
+    :: atomic { fwd_cut = true; back_cut = true }
+    :: fwd_cut = true
+    :: back_cut = true
+    :: p_frozen = true
+    :: s_frozen = true
+    fi;
+    atomic { fwd_cut = false; back_cut = false;
+             p_frozen = false; s_frozen = false }
 }
 
-active proctype Primary()
+active proctype Primary() provided (!p_frozen)
 {
     mtype m;
     byte e;
 
     do
-    :: p_state == P_COLO ->
+    :: p_state == P_COLO && p_sent < MAXMSG ->
+        p_sent++;
         /* the next checkpoint, or a heartbeat when idle */
         if
         :: p_epoch < MAXE -> p_epoch++; m = CKPT
@@ -179,7 +261,8 @@ active proctype Primary()
                     if
                     :: m == CKPT -> released_max = e
                     :: else -> skip
-                    fi }
+                    fi;
+                    assert(COVERED) }
         :: atomic { !back_cut && empty(back) && back_fin } ->
             p_waiting = false; goto alone          /* the secondary died */
         :: p_silent -> p_waiting = false; goto alone   /* read side shut */
@@ -187,6 +270,7 @@ active proctype Primary()
         :: atomic { p_cancelled = true; p_cancel_at = now;
                     p_waiting = false }; goto alone     /* migrate_cancel */
         fi
+    :: p_state == P_COLO && p_sent == MAXMSG -> goto gone  /* the end */
     od;
 
 alone:
@@ -200,7 +284,8 @@ alone:
         p_waiting = false;
         fwd_fin = true;
         released_max = p_epoch + 1;     /* held output goes out */
-        p_state = P_ALONE
+        p_state = P_ALONE;
+        assert(ONE_SERVES && COVERED)
     }
     goto done;
 
@@ -210,20 +295,7 @@ done:
     skip
 }
 
-active proctype PrimaryWatchdog()
-{
-end:
-    do
-    :: atomic { p_state == P_COLO && !p_silent && p_waiting &&
-                now - p_since > T -> p_silent = true; p_verdict_at = now }
-    :: atomic { p_silent && !p_hard && p_waiting &&
-                now >= p_verdict_at + GRACE -> p_hard = true }
-    :: atomic { p_cancelled && !p_hard && p_waiting &&
-                now >= p_cancel_at + CANCEL_GRACE -> p_hard = true }
-    od
-}
-
-active proctype Secondary()
+active proctype Secondary() provided (!s_frozen)
 {
     mtype m;
     byte e;
@@ -241,8 +313,10 @@ active proctype Secondary()
         :: atomic { !fwd_cut && nempty(fwd) -> fwd ? m(e); s_heard();
                     s_waiting = false }
         :: atomic { !fwd_cut && empty(fwd) && fwd_fin -> m = END;
+                    s_gap_check(); s_end_ok = COULD_BE_DEATH;
                     s_waiting = false }
-        :: atomic { s_silent -> m = END; s_waiting = false }  /* shut */
+        :: atomic { s_silent -> m = END; s_gap_check();
+                    s_end_ok = COULD_BE_DEATH; s_waiting = false } /* shut */
         :: atomic { back ! END(0); back_fin = true; s_state = S_DEAD };
             break                                         /* killed */
         fi;
@@ -254,7 +328,7 @@ active proctype Secondary()
             fi;
             if
             :: atomic { nfull(back) -> back ! ACK(e) }
-            :: s_silent -> goto ended
+            :: atomic { s_silent -> s_end_ok = false }; goto ended
             fi
         :: m == ERR -> s_state = S_DOWN
         :: m == END -> goto ended
@@ -265,48 +339,14 @@ active proctype Secondary()
 
 ended:
     if
-    :: END_IS_DEATH -> s_state = S_TOOK_OVER
+    :: atomic { !s_silent && s_end_ok -> s_state = S_TOOK_OVER;
+                assert(ONE_SERVES && COVERED) }
     :: else ->
         s_state = S_CUT_OFF;
         /* the operator, once the primary is dead */
-        p_state == P_GONE;
-        s_state = S_TOOK_OVER
+        atomic { p_state == P_GONE -> s_state = S_TOOK_OVER;
+                 assert(ONE_SERVES && COVERED) }
     fi;
 done:
     skip
-}
-
-active proctype SecondaryWatchdog()
-{
-end:
-    do
-    :: atomic {
-        s_state == S_RECV && now != s_tick ->
-#ifndef NO_FREEZE_RULE
-        if
-        :: now - s_tick > FROZEN ->
-            /* frozen: the peer is not to blame for what we missed */
-            s_doubt_until = now + DOUBT;
-            if
-            :: s_since < now -> s_since = now
-            :: else -> skip
-            fi
-        :: else -> skip
-        fi;
-#endif
-        s_tick = now;
-        if
-        :: s_waiting && !s_silent && now - s_since > T -> s_silent = true
-        :: else -> skip
-        fi
-       }
-    od
-}
-
-active proctype Invariants()
-{
-end:
-    do
-    :: assert(ONE_SERVES && COVERED)
-    od
 }
