@@ -129,6 +129,12 @@ void colo_heartbeat_wait_begin(void)
     colo_silence_wait_begin(&hb.silence, colo_heartbeat_now());
 }
 
+void colo_heartbeat_listen_begin(void)
+{
+    QEMU_LOCK_GUARD(&hb.lock);
+    colo_silence_listen_begin(&hb.silence);
+}
+
 void colo_heartbeat_wait_end(void)
 {
     QEMU_LOCK_GUARD(&hb.lock);

@@ -34,8 +34,13 @@
 void colo_heartbeat_start(COLOMode mode);
 void colo_heartbeat_stop(void);
 
-/* The calling loop begins (ends) a wait on the peer. */
+/*
+ * The calling loop begins (ends) a wait on the peer: a send, or a drain
+ * of writes to it.  Listening for the peer's answer goes on from the
+ * last word of either side (colo_silence_listen_begin()).
+ */
 void colo_heartbeat_wait_begin(void);
+void colo_heartbeat_listen_begin(void);
 void colo_heartbeat_wait_end(void);
 
 /* Something came from the peer, or the peer took what was sent. */

@@ -317,7 +317,7 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
 {
     bool ok;
 
-    colo_heartbeat_wait_begin();
+    colo_heartbeat_listen_begin();
     ok = colo_msg_do_recv(f, hdr, payload, checkpoint_max, errp);
     colo_heartbeat_wait_end();
     return ok;

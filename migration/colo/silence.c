@@ -37,6 +37,11 @@ static void colo_silence_doubt(ColoSilence *s, int64_t now)
     s->doubt_until_ms = MAX(s->doubt_until_ms, now + 2 * s->timeout_ms);
 }
 
+void colo_silence_listen_begin(ColoSilence *s)
+{
+    s->waiting = true;
+}
+
 static void colo_silence_check_gap(ColoSilence *s, int64_t now)
 {
     if (s->waiting &&

@@ -67,6 +67,13 @@ void colo_silence_wait_begin(ColoSilence *s, int64_t now);
 void colo_silence_wait_end(ColoSilence *s, int64_t now);
 
 /*
+ * This side listens for the peer's answer: the wait goes on from this
+ * side's last word (or the peer's), so that time spent not listening
+ * counts (what the peer sent meanwhile waited for us: it may be stale).
+ */
+void colo_silence_listen_begin(ColoSilence *s);
+
+/*
  * Something arrived from the peer, or the peer took bytes we sent.  A
  * wait longer than COLO_SILENCE_GAP of the timeout ends in doubt.
  */

@@ -65,6 +65,22 @@ def colo_message(mtype, seq, payload):
     return head + struct.pack(">I", zlib.crc32(head)) + payload
 
 
+def pass_leading_messages(held, dst):
+    """While armed, whole messages before the CHECKPOINT (the primary's
+    heartbeats) go on at once: holding them would make the secondary
+    hear nothing.  Returns (what is still held, bytes sent)."""
+    sent = 0
+    while True:
+        h = colo_header(held[:COLO_HEADER])
+        if not h or h[0] == COLO_CHECKPOINT or \
+                len(held) < COLO_HEADER + h[2]:
+            return held, sent
+        n = COLO_HEADER + h[2]
+        dst.sendall(held[:n])
+        held = held[n:]
+        sent += n
+
+
 def find_checkpoint(buf):
     """Offset of the first valid CHECKPOINT header in BUF, or None."""
     i = buf.find(COLO_MAGIC)
@@ -148,7 +164,8 @@ def main(argv):
                 src.sendall(data)
                 continue
             if armed:
-                held += data
+                held, sent = pass_leading_messages(held + data, dst)
+                forwarded += sent
                 done = on_checkpoint(armed, held, src, dst)
                 if done is None:
                     continue

@@ -5,7 +5,9 @@
  * (scripts/run-checks.sh model).  Standalone mode: no arbiter.
  *
  * Time is a clock that advances on its own (Clock); each side's watchdog
- * (heartbeat.c) ticks with it.  A side's loop (primary.c, secondary.c)
+ * (heartbeat.c) ticks with it.  Times are kept as ages that stop growing
+ * once past every bound that reads them, so that the clock may run for
+ * ever over a finite state space.  A side's loop (primary.c, secondary.c)
  * may be delayed without bound: a starved thread is any interleaving in
  * which it takes no step while the clock runs.  A pause (SIGSTOP, by
  * Nemesis) stops a side's loop and watchdog both.  The link is
@@ -46,8 +48,8 @@
  *   NO_GAP_RULE      a long wait casts no doubt;
  *   NO_FREEZE_RULE   a late watchdog tick casts no doubt.
  *
- * The clock stops at NOW_MAX, and a side may wait for ever (a cut-off
- * secondary for its operator): ends in a wait are no deadlock.
+ * A side may wait for ever (a cut-off secondary for its operator): an
+ * end in a wait is no deadlock.
  *
  * model-mutants: NO_SILENCE_RULE NO_GAP_RULE NO_FREEZE_RULE
  * model-pan-flags: -E
@@ -61,7 +63,6 @@
 #define FROZEN  2
 #define DOUBT   8
 #define CANCEL_GRACE 3  /* colo_state_interrupt()'s 1 s, at T = 1.5 s */
-#define NOW_MAX 14
 #define MAXE    2       /* checkpoints the primary takes at most */
 #define MAXMSG  2       /* messages (checkpoints, heartbeats) at most */
 
@@ -86,39 +87,60 @@ bool back_cut = false;
 bool p_frozen = false;      /* SIGSTOP: the loop and the watchdog stand */
 bool s_frozen = false;
 
-byte now = 0;
-
 byte p_state = P_COLO;
 byte p_epoch = 0;           /* last checkpoint sent */
 byte p_sent = 0;
 byte released_max = 0;      /* newest epoch whose output clients saw */
 bool p_waiting = false;
-byte p_since = 0;           /* heard, or began waiting */
+byte p_age = 0;             /* since heard, or began waiting */
+byte p_missed = 0;          /* watchdog ticks missed (frozen) */
 bool p_silent = false;      /* the verdict */
-byte p_verdict_at = 0;
+byte p_verdict_age = 0;
 bool p_hard = false;        /* the channel is shut whole */
 bool p_cancelled = false;   /* migrate_cancel: a soft interrupt */
-byte p_cancel_at = 0;
+byte p_cancel_age = 0;
 
 byte s_state = S_RECV;
 byte s_have = 0;            /* checkpoint the secondary holds */
 bool s_waiting = false;
-byte s_since = 0;
-byte s_heard_at = 0;        /* the primary's last word */
-byte s_tick = 0;
-byte s_doubt_until = 0;
+byte s_age = 0;             /* since heard, or began waiting */
+byte s_heard_age = 0;       /* since the primary's last word */
+byte s_doubt = 0;           /* a stream end is no death while > 0 */
+byte s_missed = 0;          /* watchdog ticks missed (frozen) */
 bool s_silent = false;
 bool s_end_ok = false;      /* colo_silence_end_is_death()'s snapshot */
 
 #define ONE_SERVES  (!(p_state == P_ALONE && s_state == S_TOOK_OVER))
 #define COVERED     (s_state != S_TOOK_OVER || released_max <= s_have)
 
-inline p_heard()
+/* Ages stop growing past what any bound reads. */
+#define AGE(v, cap) if :: v < cap -> v++ :: else -> skip fi
+
+/* colo_silence_could_be_death(), taken when the wait that saw the end ends */
+#ifdef NO_SILENCE_RULE
+#define COULD_BE_DEATH true
+#else
+#define COULD_BE_DEATH (!s_silent && s_missed <= FROZEN && s_doubt == 0 && \
+                        s_heard_age <= GAP)
+#endif
+
+/* colo_silence_wait_begin() */
+inline p_wait_begin()
 {
     if
-    :: p_since < now -> p_since = now
+    :: !p_waiting -> p_waiting = true; p_age = 0
     :: else -> skip
     fi
+}
+
+/*
+ * colo_silence_listen_begin(): a receive goes on with the wait that this
+ * side's last word (or the peer's) began: the time this side spent not
+ * listening counts, data may have waited for it.
+ */
+inline s_listen_begin()
+{
+    s_waiting = true
 }
 
 /* A wait longer than GAP casts doubt, whether a word ends it or not. */
@@ -126,7 +148,7 @@ inline s_gap_check()
 {
 #ifndef NO_GAP_RULE
     if
-    :: s_waiting && now - s_since > GAP -> s_doubt_until = now + DOUBT
+    :: s_waiting && s_age > GAP -> s_doubt = DOUBT
     :: else -> skip
     fi
 #else
@@ -134,37 +156,32 @@ inline s_gap_check()
 #endif
 }
 
+/* colo_silence_heard() */
 inline s_heard()
 {
     s_gap_check();
-    s_heard_at = now;
-    if
-    :: s_since < now -> s_since = now
-    :: else -> skip
-    fi
+    s_age = 0;
+    s_heard_age = 0
 }
-
-/* colo_silence_could_be_death(), taken when the wait that saw the end ends */
-#ifdef NO_SILENCE_RULE
-#define COULD_BE_DEATH true
-#else
-#define COULD_BE_DEATH (!s_silent && now - s_tick <= FROZEN && \
-                        now >= s_doubt_until && now - s_heard_at <= GAP)
-#endif
 
 /* heartbeat.c's watchdog of the primary: one tick */
 inline p_watchdog_tick()
 {
     if
-    :: p_state == P_COLO && !p_silent && p_waiting && now - p_since > T ->
-        p_silent = true; p_verdict_at = now
+    :: p_missed > FROZEN -> p_age = 0   /* frozen: nobody's fault */
+    :: else -> skip
+    fi;
+    p_missed = 0;
+    if
+    :: p_state == P_COLO && !p_silent && p_waiting && p_age > T ->
+        p_silent = true; p_verdict_age = 0
     :: else -> skip
     fi;
     if
-    :: p_silent && !p_hard && p_waiting && now >= p_verdict_at + GRACE ->
+    :: p_silent && !p_hard && p_waiting && p_verdict_age >= GRACE ->
         p_hard = true
     :: p_cancelled && !p_hard && p_waiting &&
-       now >= p_cancel_at + CANCEL_GRACE -> p_hard = true
+       p_cancel_age >= CANCEL_GRACE -> p_hard = true
     :: else -> skip
     fi
 }
@@ -176,19 +193,16 @@ inline s_watchdog_tick()
     :: s_state == S_RECV ->
 #ifndef NO_FREEZE_RULE
         if
-        :: now - s_tick > FROZEN ->
+        :: s_missed > FROZEN ->
             /* frozen: the peer is not to blame for what we missed */
-            s_doubt_until = now + DOUBT;
-            if
-            :: s_since < now -> s_since = now
-            :: else -> skip
-            fi
+            s_doubt = DOUBT;
+            s_age = 0
         :: else -> skip
         fi;
 #endif
-        s_tick = now;
+        s_missed = 0;
         if
-        :: s_waiting && !s_silent && now - s_since > T -> s_silent = true
+        :: s_waiting && !s_silent && s_age > T -> s_silent = true
         :: else -> skip
         fi
     :: else -> skip
@@ -201,19 +215,27 @@ inline s_watchdog_tick()
  */
 active proctype Clock()
 {
+end:
     do
     :: atomic {
-        now < NOW_MAX -> now++;
+        AGE(p_age, T + 1);
+        AGE(p_verdict_age, GRACE);
+        AGE(p_cancel_age, CANCEL_GRACE);
+        AGE(s_age, T + 1);
+        AGE(s_heard_age, GAP + 1);
         if
-        :: !p_frozen -> p_watchdog_tick()
+        :: s_doubt > 0 -> s_doubt--
         :: else -> skip
         fi;
         if
+        :: !p_frozen -> p_watchdog_tick()
+        :: else -> AGE(p_missed, FROZEN + 1)
+        fi;
+        if
         :: !s_frozen -> s_watchdog_tick()
-        :: else -> skip
+        :: else -> AGE(s_missed, FROZEN + 1)
         fi
        }
-    :: now == NOW_MAX -> break
     od
 }
 
@@ -240,24 +262,24 @@ active proctype Primary() provided (!p_frozen)
     byte e;
 
     do
-    :: p_state == P_COLO && p_sent < MAXMSG ->
+    :: p_state == P_COLO && p_sent < MAXMSG && !p_silent ->
         p_sent++;
         /* the next checkpoint, or a heartbeat when idle */
         if
         :: p_epoch < MAXE -> p_epoch++; m = CKPT
         :: m = HEARTBEAT
         fi;
-        atomic { p_waiting = true; p_heard() }
+        p_wait_begin();
         /* the write blocks while the kernel's buffer is full */
         if
-        :: atomic { nfull(fwd) && !p_hard -> fwd ! m(p_epoch); p_heard() }
+        :: atomic { nfull(fwd) && !p_hard -> fwd ! m(p_epoch); p_age = 0 }
         :: p_hard -> p_waiting = false; goto alone
         :: goto gone
         fi;
         /* the secondary's answer: RECEIVED covers the checkpoint */
         if
-        :: atomic { !back_cut && nempty(back) -> back ? ACK(e);
-                    p_waiting = false; p_heard();
+        :: atomic { !back_cut && nempty(back) && !p_silent -> back ? ACK(e);
+                    p_waiting = false; p_age = 0;
                     if
                     :: m == CKPT -> released_max = e
                     :: else -> skip
@@ -267,15 +289,16 @@ active proctype Primary() provided (!p_frozen)
             p_waiting = false; goto alone          /* the secondary died */
         :: p_silent -> p_waiting = false; goto alone   /* read side shut */
         :: goto gone                            /* killed */
-        :: atomic { p_cancelled = true; p_cancel_at = now;
+        :: atomic { p_cancelled = true; p_cancel_age = 0;
                     p_waiting = false }; goto alone     /* migrate_cancel */
         fi
     :: p_state == P_COLO && p_sent == MAXMSG -> goto gone  /* the end */
+    :: p_state == P_COLO && p_silent -> goto alone  /* the verdict: leave */
     od;
 
 alone:
     /* tell the secondary (ERROR), unless blocked until the hard shut */
-    p_waiting = true;
+    p_wait_begin();
     if
     :: atomic { nfull(fwd) && !p_hard -> fwd ! ERR(0) }
     :: p_hard -> skip
@@ -302,13 +325,7 @@ active proctype Secondary() provided (!s_frozen)
 
     do
     :: s_state == S_RECV ->
-        atomic {
-            s_waiting = true;
-            if
-            :: s_since < now -> s_since = now
-            :: else -> skip
-            fi
-        }
+        s_listen_begin();
         if
         :: atomic { !fwd_cut && nempty(fwd) -> fwd ? m(e); s_heard();
                     s_waiting = false }
@@ -327,7 +344,7 @@ active proctype Secondary() provided (!s_frozen)
             :: else -> skip
             fi;
             if
-            :: atomic { nfull(back) -> back ! ACK(e) }
+            :: atomic { nfull(back) -> back ! ACK(e); s_age = 0 } /* spoke */
             :: atomic { s_silent -> s_end_ok = false }; goto ended
             fi
         :: m == ERR -> s_state = S_DOWN

@@ -36,6 +36,11 @@ void colo_heartbeat_wait_begin(void)
     waits_open++;
 }
 
+void colo_heartbeat_listen_begin(void)
+{
+    waits_open++;
+}
+
 void colo_heartbeat_wait_end(void)
 {
     waits_open--;

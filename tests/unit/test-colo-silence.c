@@ -145,6 +145,7 @@ END_TEST
 START_TEST(test_freeze_bound)
 {
     ck_assert_int_eq(colo_silence_tick(&s, 1000 + T / 2), COLO_SILENCE_OK);
+    colo_silence_heard(&s, 1000 + T / 2);
     ck_assert(colo_silence_could_be_death(&s, 1000 + T / 2));
     ck_assert_int_eq(colo_silence_tick(&s, 1000 + T + 1), COLO_SILENCE_OK);
     ck_assert(!colo_silence_could_be_death(&s, 1000 + T + 1));
@@ -155,6 +156,7 @@ END_TEST
 START_TEST(test_stale_watchdog_means_no_death)
 {
     ck_assert_int_eq(colo_silence_tick(&s, 1100), COLO_SILENCE_OK);
+    colo_silence_heard(&s, 1100 + T / 2);
     ck_assert(colo_silence_could_be_death(&s, 1100 + T / 2));
     ck_assert(!colo_silence_could_be_death(&s, 1100 + T / 2 + 1));
     ck_assert(!colo_silence_could_be_death(&s, 1000));
@@ -209,6 +211,7 @@ START_TEST(test_end_judged_when_seen)
     colo_silence_wait_end(&s, 1000 + T * COLO_SILENCE_GAP / 1000 + 1);
     ck_assert(!colo_silence_end_is_death(&s));
     ck_assert_int_eq(tick_until(1100, 1000 + 10 * T, 100), COLO_SILENCE_OK);
+    colo_silence_heard(&s, 1000 + 10 * T);
     ck_assert(colo_silence_could_be_death(&s, 1000 + 10 * T));
     ck_assert(!colo_silence_end_is_death(&s));
 
@@ -220,6 +223,46 @@ START_TEST(test_end_judged_when_seen)
     /* ...unless the peer has been judged silent since. */
     colo_silence_declare(&s);
     ck_assert(!colo_silence_end_is_death(&s));
+}
+END_TEST
+
+/* A stream end is death only soon after the peer's last word. */
+START_TEST(test_end_long_after_the_last_word)
+{
+    int64_t gap = T * COLO_SILENCE_GAP / 1000;
+
+    ck_assert_int_eq(tick_until(1000, 1000 + gap, 50), COLO_SILENCE_OK);
+    ck_assert(colo_silence_could_be_death(&s, 1000 + gap));
+    ck_assert_int_eq(colo_silence_tick(&s, 1000 + gap + 1), COLO_SILENCE_OK);
+    ck_assert(!colo_silence_could_be_death(&s, 1000 + gap + 1));
+    colo_silence_heard(&s, 1000 + gap + 1);
+    ck_assert(colo_silence_could_be_death(&s, 1000 + gap + 1));
+}
+END_TEST
+
+/*
+ * Listening goes on from the last word: a side that did not listen for
+ * a while (starved after its ack) finds the wait long, and doubts (found
+ * by spin in tests/model/colo-silence.pml).
+ */
+START_TEST(test_listening_counts_from_the_last_word)
+{
+    int64_t gap = T * COLO_SILENCE_GAP / 1000;
+
+    colo_silence_wait_begin(&s, 1000);      /* our ack */
+    colo_silence_wait_end(&s, 1001);
+    ck_assert_int_eq(tick_until(1050, 1000 + gap, 50), COLO_SILENCE_OK);
+    colo_silence_listen_begin(&s);          /* late */
+    colo_silence_heard(&s, 1000 + gap + 10);
+    ck_assert(!colo_silence_could_be_death(&s, 1000 + gap + 10));
+    /* The same, listening at once: no doubt. */
+    colo_silence_init(&s, T, 1000);
+    colo_silence_wait_begin(&s, 1000);
+    colo_silence_wait_end(&s, 1001);
+    colo_silence_listen_begin(&s);
+    ck_assert_int_eq(tick_until(1050, 1000 + gap - 50, 50), COLO_SILENCE_OK);
+    colo_silence_heard(&s, 1000 + gap - 50);
+    ck_assert(colo_silence_could_be_death(&s, 1000 + gap - 50));
 }
 END_TEST
 
@@ -281,6 +324,8 @@ int main(void)
     tcase_add_test(tc, test_stale_watchdog_means_no_death);
     tcase_add_test(tc, test_long_wait_casts_doubt);
     tcase_add_test(tc, test_end_judged_when_seen);
+    tcase_add_test(tc, test_end_long_after_the_last_word);
+    tcase_add_test(tc, test_listening_counts_from_the_last_word);
     tcase_add_test(tc, test_silent_peer_means_no_death);
     tcase_add_test(tc, test_timeout_changes_live);
     tcase_add_test(tc, test_heartbeat_and_tick_periods);
