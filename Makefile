@@ -64,7 +64,7 @@ check-colo: build
 
 # The failover fault-injection loop at full count (make check runs 3).
 check-slow: build
-	@COLO_FAULT_RUNS=20 bash scripts/run-checks.sh colo
+	@COLO_FAULT_RUNS=20 COLO_SOAK_S=600 bash scripts/run-checks.sh colo
 
 # Ours side by side with the base's own COLO (built from the same source).
 bench: build

@@ -78,7 +78,7 @@ typedef struct BDRVColoReplicationState {
     CoQueue held;
     QEMUTimer *drained_hold;    /* bounds a hold while drained */
     bool abandoned;             /* held too long, or the secondary silent */
-    char *replica_node;         /* the child to yank if the secondary is silent */
+    char *replica_node;         /* yanked if the secondary goes silent */
     int write_error;            /* first failed write to the secondary */
 
     /* Secondary mode, while running */

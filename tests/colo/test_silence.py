@@ -24,6 +24,10 @@ from the primary never takes over by itself.  Each test asserts:
                      primary serves on alone
   partition          the replication link dropped both ways, primary to
                      secondary only, secondary to primary only; healed
+  no_false_silence   a busy pair with both host cores saturated by other
+                     work: no side judges its peer silent, COLO goes on
+                     (COLO_SOAK_S seconds, 60 by default; make check-slow:
+                     600)
 
 Detection (fault to X_COLO_PEER_SILENT) and the client's longest gap go
 to silence-*.json in the results dir.
@@ -32,6 +36,7 @@ to silence-*.json in the results dir.
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -44,6 +49,7 @@ from test_failover import assert_client_ok
 
 # Longer than the silence timeout, as the failures it is for.
 HOLD_S = 5
+SOAK_S = int(os.environ.get("COLO_SOAK_S", "60"))
 
 
 def silence_timeout_s(vm):
@@ -240,3 +246,41 @@ def test_partition(direction, bed, vm_factory, workdir, counter,
             st["x-liveness"]["peer-silent"], st
     assert detect <= 2.0, detect
     assert r["longest_gap_s"] <= timeout + 1, r
+
+
+def test_no_false_silence(bed, vm_factory, workdir, counter, results_dir):
+    """The default timeout yields no false detection on a busy pair (a
+    guest dirtying memory and writing its replicated disk) while every
+    host core is kept busy by other work."""
+    disk, pvm, svm, client = protected_pair(bed, vm_factory, workdir,
+                                            counter)
+    burners = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
+               for _ in range(os.cpu_count() or 2)]
+    try:
+        n0 = colo_status(svm)["stats"]["checkpoints"]
+        deadline = time.monotonic() + SOAK_S
+        while time.monotonic() < deadline:
+            for vm in (pvm, svm):
+                st = colo_status(vm)
+                assert st["mode"] != "none", (vm.name, st)
+                assert not st["x-liveness"]["peer-silent"], (vm.name, st)
+            time.sleep(1)  # a phase: the soak lasts SOAK_S
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    for vm in (pvm, svm):
+        vm._collect_events()
+        assert not [e for e in vm.events
+                    if e["event"] in ("X_COLO_PEER_SILENT", "COLO_EXIT")], \
+            vm.name
+    n = colo_status(svm)["stats"]["checkpoints"] - n0
+    result = {"soak_s": SOAK_S, "checkpoints": n,
+              "quiet_ms_max_seen": max(colo_status(v)["x-liveness"]
+                                       ["quiet-ms"] for v in (pvm, svm))}
+    with open(os.path.join(results_dir, "silence-soak.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print("\nsilence[soak]: %s" % result)
+    assert n >= SOAK_S, result   # ten a second were due; at least one
+    client.stop()
+    assert_client_ok(CounterLog(client.out), int(query_guest(bed, "get")))
