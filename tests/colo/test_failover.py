@@ -148,6 +148,13 @@ def test_ack_lost_after_commit(bed, vm_factory, workdir):
     disk, (pvm, svm, proxy) = busy_pair_with_disk(bed, vm_factory, workdir)
     try:
         pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+        # The proxy holds the whole checkpoint back, then resets: the
+        # secondary's long wait would rightly make it doubt that the end
+        # is the primary's death (test_silence.py).  This test is about
+        # the commit, not the heartbeat.
+        for vm in (pvm, svm):
+            vm.qmp("migrate-set-parameters",
+                   {"x-colo-silence-timeout": 20000})
         answer = "late"
         # The reset must beat the secondary's ack; a big checkpoint (its
         # checksum alone takes milliseconds) gives it the time.  Bounded.
