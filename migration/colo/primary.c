@@ -42,7 +42,6 @@ typedef struct ColoPrimary {
     ColoBuf ram;                /* checkpoint: be64 RAM length + records */
     ColoBuf reply;              /* last message from the secondary */
     bool resumed;               /* COLO gave the VM its run state back */
-    int64_t exchanged_ms;       /* the secondary's last answer */
 } ColoPrimary;
 
 /*
@@ -68,6 +67,18 @@ static QEMUFile *colo_primary_save_devices(QIOChannelBuffer *bioc,
     return f;
 }
 
+/*
+ * Stop and drain as @state.  The drain waits for writes to the
+ * secondary's disk too: a wait on the secondary, which the heartbeat
+ * bounds (a silent secondary's NBD connection is yanked).
+ */
+static void colo_primary_stop_drain(RunState state)
+{
+    colo_heartbeat_wait_begin();
+    vm_stop_drain(state);
+    colo_heartbeat_wait_end();
+}
+
 static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
 {
     ERRP_GUARD();
@@ -91,10 +102,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
      * epoch must have reached both sides before the secondary takes the
      * checkpoint.  Completed is enough, durable is not needed: no flush.
      */
-    /* The drain waits for writes to the secondary's disk too. */
-    colo_heartbeat_wait_begin();
-    vm_stop_drain(RUN_STATE_COLO);
-    colo_heartbeat_wait_end();
+    colo_primary_stop_drain(RUN_STATE_COLO);
     trace_colo_checkpoint_stop(seq);
     /*
      * A write the secondary missed is known now, and ends COLO before
@@ -152,7 +160,6 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
     if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, &p->reply, errp)) {
         return false;
     }
-    p->exchanged_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
                    ram_stats.pages, t_received - t_stop);
     trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
@@ -163,13 +170,9 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
 /* Nothing else to say for a while: HEARTBEAT, and the secondary's answer. */
 static bool colo_primary_heartbeat(ColoPrimary *p, Error **errp)
 {
-    if (!colo_msg_send_empty(p->to, COLO_MSG_HEARTBEAT, p->seq, errp) ||
-        !colo_msg_expect(p->from, COLO_MSG_HEARTBEAT, p->seq, &p->reply,
-                         errp)) {
-        return false;
-    }
-    p->exchanged_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-    return true;
+    return colo_msg_send_empty(p->to, COLO_MSG_HEARTBEAT, p->seq, errp) &&
+           colo_msg_expect(p->from, COLO_MSG_HEARTBEAT, p->seq, &p->reply,
+                           errp);
 }
 
 /*
@@ -184,7 +187,9 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
     for (;;) {
         int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
         int64_t due = last_start_ms + migrate_checkpoint_delay();
-        int64_t beat = p->exchanged_ms + colo_heartbeat_interval_ms();
+        /* The heartbeat counts every message as a word. */
+        int64_t beat = now + colo_heartbeat_interval_ms() -
+                       colo_heartbeat_quiet_ms();
 
         if (qatomic_read(&colo_state.exit_requested)) {
             return false;
@@ -230,7 +235,6 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
         !colo_ram_layout_check(p->reply.data, p->reply.len, errp)) {
         return false;
     }
-    p->exchanged_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     /*
      * The pair is in lock-step from here: the VM may run, held.  The
      * secondary protects its disks before it says HELLO, so the primary's
@@ -325,7 +329,7 @@ void colo_primary_run(MigrationState *s)
          * stops it only later, and what it sent meanwhile would reach
          * clients unheld.
          */
-        vm_stop_drain(RUN_STATE_SHUTDOWN);
+        colo_primary_stop_drain(RUN_STATE_SHUTDOWN);
     }
     colo_output_stop(serving);
     replication_stop_all(true, NULL);

@@ -283,13 +283,6 @@ static void *colo_secondary_thread(void *opaque)
     }
     if (c->shutdown || c->primary_alone || c->unusable) {
         /* decided by the primary's word, or by this SVM's state */
-    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE && !death) {
-        /*
-         * The primary went silent, or this side was frozen or waited
-         * long just before the stream ended: the primary may well be
-         * alive and serving.
-         */
-        c->cut_off = true;
     } else if (!colo_secondary_stream_ended(c)) {
         /*
          * A well-framed stream that is wrong (checksum, type, order,
@@ -298,6 +291,13 @@ static void *colo_secondary_thread(void *opaque)
          */
         c->primary_alone = true;
         colo_msg_send_error(c->to, c->loaded, c->err);
+    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE && !death) {
+        /*
+         * The stream ended, but the primary went silent, or this side was
+         * frozen or waited long just before: the primary may well be
+         * alive and serving.
+         */
+        c->cut_off = true;
     }
     if (c->unusable && !c->primary_alone) {
         /* The primary must not wait for us, nor count on us. */

@@ -100,6 +100,15 @@ def secondary_never_ran(svm):
     return st
 
 
+def secondary_never_runs_until(svm, deadline, mode=None):
+    """For as long as the fault lasts (bounded by DEADLINE), the
+    secondary does not run (and stays in MODE, if given)."""
+    while time.monotonic() < deadline:
+        st = secondary_never_ran(svm)
+        assert mode is None or st["mode"] == mode, st
+        time.sleep(0.2)
+
+
 def wait_secondary_decided(svm, timeout):
     """The secondary has left COLO without taking over, or reports the
     primary silent."""
@@ -190,11 +199,7 @@ def test_primary_frozen(bed, vm_factory, workdir, counter, results_dir):
         detect = event_time(ev) - t_wall
         assert ev["data"]["mode"] == "secondary"
         # Cut off: the secondary waits for the operator, its VM stopped.
-        deadline = t_fault + HOLD_S
-        while time.monotonic() < deadline:
-            st = secondary_never_ran(svm)
-            assert st["mode"] == "secondary", st
-            time.sleep(0.2)
+        secondary_never_runs_until(svm, t_fault + HOLD_S, mode="secondary")
     finally:
         pvm.proc.send_signal(signal.SIGCONT)
     # Thawed, the primary finds the secondary gone and serves on alone.
@@ -221,10 +226,7 @@ def test_partition(direction, bed, vm_factory, workdir, counter,
         detect = event_time(ev) - t_wall
         assert ev["data"] == {"mode": "primary", "reason": "error"}
         client.wait_replies(10, 30, after=time.monotonic())
-        deadline = t_fault + HOLD_S
-        while time.monotonic() < deadline:
-            secondary_never_ran(svm)
-            time.sleep(0.2)
+        secondary_never_runs_until(svm, t_fault + HOLD_S)
     finally:
         heal()
     wait_secondary_decided(svm, 30)
