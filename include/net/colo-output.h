@@ -31,4 +31,25 @@ void colo_output_release(void);
  */
 void colo_output_stop(bool release);
 
+/* What a side serving alone does with output that no checkpoint covers. */
+typedef enum ColoOutputVerdict {
+    COLO_OUTPUT_PASS,           /* let it go */
+    COLO_OUTPUT_HOLD,           /* keep it, to be judged again */
+    COLO_OUTPUT_DROP,           /* drop it */
+} ColoOutputVerdict;
+
+/*
+ * Leaving COLO as the side that serves alone, under an arbiter (BQL
+ * held): output is covered by no checkpoint any more, and @judge, asked
+ * at every packet, decides what becomes of it.  What is held now is
+ * judged at once.  A side that held nothing (a secondary taking over)
+ * starts holding first; false and @errp set if it cannot.  Starting
+ * COLO again (colo_output_start()) ends the gate: what it still holds
+ * goes with the next checkpoint.
+ */
+bool colo_output_gate(ColoOutputVerdict (*judge)(void), Error **errp);
+
+/* The verdict may have changed: judge again what is held (BQL held). */
+void colo_output_gate_update(void);
+
 #endif

@@ -31,6 +31,7 @@
 #include "migration/options.h"
 #include "migration/qemu-file.h"
 #include "colo-internal.h"
+#include "fencing.h"
 #include "heartbeat.h"
 #include "trace.h"
 
@@ -369,6 +370,7 @@ COLOStatus *qmp_query_colo_status(Error **errp)
     st->x_liveness->silence_timeout = migrate_colo_silence_timeout();
     st->x_liveness->peer_silent = colo_heartbeat_peer_silent();
     st->x_liveness->quiet_ms = colo_heartbeat_quiet_ms();
+    st->x_lease = colo_fencing_status();
     return st;
 }
 
@@ -396,6 +398,11 @@ void hmp_info_colo(Monitor *mon, const QDict *qdict)
                    PRIu64 " ms ago)\n", st->x_liveness->silence_timeout,
                    st->x_liveness->peer_silent ? "silent" : "heard",
                    st->x_liveness->quiet_ms);
+    monitor_printf(mon, "lease: %s, %" PRIu64 " ms left%s (%s)\n",
+                   COLOLeaseState_str(st->x_lease->state),
+                   st->x_lease->remaining_ms,
+                   st->x_lease->alone ? ", serving alone" : "",
+                   st->x_lease->arbitrated ? "arbitrated" : "standalone");
 }
 
 void hmp_x_colo_checkpoint(Monitor *mon, const QDict *qdict)

@@ -23,6 +23,7 @@
 #include "qemu/atomic.h"
 #include "migration/colo.h"
 #include "migration/failover.h"
+#include "migration/options.h"
 #include "migration/qemu-file.h"
 #include "colo-internal.h"
 #include "trace.h"
@@ -106,6 +107,11 @@ void qmp_x_colo_lost_heartbeat(Error **errp)
         error_setg(errp, "This secondary left COLO without taking over "
                    "(the primary went on alone, or the SVM is not a whole "
                    "checkpoint): it cannot take over");
+        return;
+    }
+    if (get_colo_mode() == COLO_MODE_SECONDARY && migrate_colo_arbitrated()) {
+        error_setg(errp, "This secondary's pair has an arbiter: it takes "
+                   "over when granted the lease (x-colo-lease-grant)");
         return;
     }
     if (get_colo_mode() != COLO_MODE_NONE) {

@@ -29,6 +29,7 @@
 #include "migration/savevm.h"
 #include "net/colo-output.h"
 #include "colo-internal.h"
+#include "fencing.h"
 #include "heartbeat.h"
 #include "protocol.h"
 #include "ram.h"
@@ -244,6 +245,7 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     replication_start_all(REPLICATION_MODE_PRIMARY, errp);
     ok = !*errp && colo_output_start(errp);
     if (ok) {
+        colo_fencing_protected();
         /* As it was before the migration: a paused VM stays paused. */
         vm_resume(p->s->vm_old_state);
         p->resumed = true;
@@ -331,7 +333,18 @@ void colo_primary_run(MigrationState *s)
          */
         colo_primary_stop_drain(RUN_STATE_SHUTDOWN);
     }
-    colo_output_stop(serving);
+    if (serving && migrate_colo_arbitrated()) {
+        /* Output no checkpoint covers goes by the arbiter's lease. */
+        g_autoptr(Error) gate_err = NULL;
+
+        if (!colo_fencing_serve_alone(&gate_err)) {
+            /* Cannot happen: the filters are there. */
+            error_report_err(g_steal_pointer(&gate_err));
+            colo_output_stop(false);
+        }
+    } else {
+        colo_output_stop(serving);
+    }
     replication_stop_all(true, NULL);
     bql_unlock();
     colo_state_exit(reason, err);

@@ -29,9 +29,11 @@
 #include "migration/colo.h"
 #include "migration/failover.h"
 #include "migration/migration.h"
+#include "migration/options.h"
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
 #include "colo-internal.h"
+#include "fencing.h"
 #include "heartbeat.h"
 #include "protocol.h"
 #include "ram.h"
@@ -194,7 +196,8 @@ static void colo_secondary_read_last_word(ColoSecondary *c)
 
 /*
  * Cut off from the primary: only an operator who has made sure that the
- * primary is dead may make this side take over (x-colo-lost-heartbeat).
+ * primary is dead may make this side take over (x-colo-lost-heartbeat),
+ * or, in a pair with an arbiter, the arbiter's lease (x-colo-lease-grant).
  * The SVM and its disks stay at the last checkpoint meanwhile.
  */
 static void colo_secondary_wait_for_operator(ColoSecondary *c)
@@ -291,11 +294,12 @@ static void *colo_secondary_thread(void *opaque)
          */
         c->primary_alone = true;
         colo_msg_send_error(c->to, c->loaded, c->err);
-    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE && !death) {
+    } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE &&
+               (!death || migrate_colo_arbitrated())) {
         /*
          * The stream ended, but the primary went silent, or this side was
          * frozen or waited long just before: the primary may well be
-         * alive and serving.
+         * alive and serving.  With an arbiter, only its lease hands over.
          */
         c->cut_off = true;
     }
@@ -338,6 +342,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
         .checkpoint_max = colo_ram_checkpoint_max() + COLO_DEVICE_STATE_MAX,
     };
     COLOExitReason reason;
+    Error *gate_err = NULL;
 
     if (!mis->to_src_file) {
         mis->to_src_file = qemu_file_get_return_path(c.from);
@@ -385,6 +390,15 @@ void colo_secondary_run(MigrationIncomingState *mis)
         error_prepend(&c.disk_err, "failover aborted, the SVM will not run: ");
         error_free(c.err);
         colo_state_exit(COLO_EXIT_REASON_ERROR, c.disk_err);
+        colo_failover_end();
+        qemu_coroutine_yield();
+        return;
+    }
+    if (migrate_colo_arbitrated() && !colo_fencing_serve_alone(&gate_err)) {
+        /* Its output could not be held to the lease: it must not run. */
+        error_prepend(&gate_err, "failover aborted, the SVM will not run: ");
+        error_free(c.err);
+        colo_state_exit(COLO_EXIT_REASON_ERROR, gate_err);
         colo_failover_end();
         qemu_coroutine_yield();
         return;

@@ -16,7 +16,9 @@
  *            the secondary acknowledges that it holds the checkpoint
  *
  * The filters are created when COLO starts and removed when it ends;
- * nothing is configured by the user.
+ * nothing is configured by the user.  Under an arbiter, a side that
+ * serves alone keeps them as a gate: each packet goes by the lease
+ * (colo_output_gate(), migration/colo/fencing.c).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -46,18 +48,8 @@ struct ColoOutputState {
 /* The filters this module attached, to seal, release and remove. */
 static GPtrArray *colo_output_filters;
 
-static ssize_t colo_output_receive_iov(NetFilterState *nf,
-                                       NetClientState *sender,
-                                       unsigned flags,
-                                       const struct iovec *iov, int iovcnt,
-                                       NetPacketSent *sent_cb)
-{
-    ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
-
-    /* Taken: the sender counts the packet as sent. */
-    qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
-    return iov_size(iov, iovcnt);
-}
+/* Set while the filters are a gate for a side serving alone. */
+static ColoOutputVerdict (*colo_output_judge)(void);
 
 static void colo_output_flush(NetFilterState *nf, NetQueue *q)
 {
@@ -68,6 +60,50 @@ static void colo_output_flush(NetFilterState *nf, NetQueue *q)
          */
         qemu_net_queue_purge(q, nf->netdev->peer);
     }
+}
+
+/* Judge what @nf holds: older output first, so that order is kept. */
+static void colo_output_judge_held(NetFilterState *nf, ColoOutputVerdict v)
+{
+    ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+
+    switch (v) {
+    case COLO_OUTPUT_PASS:
+        colo_output_flush(nf, s->sealed);
+        colo_output_flush(nf, s->pending);
+        break;
+    case COLO_OUTPUT_DROP:
+        qemu_net_queue_purge(s->sealed, nf->netdev->peer);
+        qemu_net_queue_purge(s->pending, nf->netdev->peer);
+        break;
+    case COLO_OUTPUT_HOLD:
+        break;
+    }
+}
+
+static ssize_t colo_output_receive_iov(NetFilterState *nf,
+                                       NetClientState *sender,
+                                       unsigned flags,
+                                       const struct iovec *iov, int iovcnt,
+                                       NetPacketSent *sent_cb)
+{
+    ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+
+    if (colo_output_judge) {
+        ColoOutputVerdict v = colo_output_judge();
+
+        colo_output_judge_held(nf, v);
+        if (v == COLO_OUTPUT_PASS) {
+            return 0;
+        }
+        if (v == COLO_OUTPUT_DROP) {
+            trace_colo_output_gate_drop(nf->netdev->name);
+            return iov_size(iov, iovcnt);
+        }
+    }
+    /* Taken: the sender counts the packet as sent. */
+    qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
+    return iov_size(iov, iovcnt);
 }
 
 static void colo_output_setup(NetFilterState *nf, Error **errp)
@@ -134,9 +170,20 @@ static void colo_output_class_init(ObjectClass *oc, void *data)
 bool colo_output_start(Error **errp)
 {
     NetClientState *ncs[MAX_QUEUE_NUM];
-    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
-                                         MAX_QUEUE_NUM);
+    int n;
 
+    if (colo_output_judge) {
+        /*
+         * COLO again on a side that served alone: what the gate holds was
+         * emitted before the migration that starts it, so the next
+         * checkpoint covers it.
+         */
+        colo_output_judge = NULL;
+        trace_colo_output_gate(false);
+        return true;
+    }
+    n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
+                                     MAX_QUEUE_NUM);
     assert(!colo_output_filters);
     colo_output_filters = g_ptr_array_new();
     for (int i = 0; i < n; i++) {
@@ -194,6 +241,7 @@ void colo_output_stop(bool release)
     if (!colo_output_filters) {
         return;
     }
+    colo_output_judge = NULL;
     /* Each filter's cleanup takes it off the list, and drops what it held. */
     while (colo_output_filters->len) {
         NetFilterState *nf = g_ptr_array_index(colo_output_filters, 0);
@@ -208,4 +256,29 @@ void colo_output_stop(bool release)
     g_ptr_array_free(colo_output_filters, true);
     colo_output_filters = NULL;
     trace_colo_output_stop(release);
+}
+
+bool colo_output_gate(ColoOutputVerdict (*judge)(void), Error **errp)
+{
+    if (!colo_output_filters && !colo_output_start(errp)) {
+        return false;
+    }
+    colo_output_judge = judge;
+    trace_colo_output_gate(true);
+    colo_output_gate_update();
+    return true;
+}
+
+void colo_output_gate_update(void)
+{
+    ColoOutputVerdict v;
+
+    if (!colo_output_judge) {
+        return;
+    }
+    v = colo_output_judge();
+    for (guint i = 0; colo_output_filters && i < colo_output_filters->len;
+         i++) {
+        colo_output_judge_held(g_ptr_array_index(colo_output_filters, i), v);
+    }
 }

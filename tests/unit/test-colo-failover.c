@@ -5,9 +5,12 @@
  * failed over by itself, succeeds and changes nothing; a request is refused
  * where no failover can be: never in COLO, or a secondary that stayed down.
  *
- * failover.c wakes the running side through colo_state_interrupt() and asks
- * the mode with get_colo_mode() and colo_last_mode(); they are stand-ins
- * here that record what happened.
+ * An arbitrated secondary refuses it: only the arbiter's lease hands over.
+ *
+ * failover.c wakes the running side through colo_state_interrupt(), asks
+ * the mode with get_colo_mode() and colo_last_mode() and the capability
+ * with migrate_colo_arbitrated(); they are stand-ins here that record what
+ * happened.
  *
  * unit-test-sources: migration/colo/failover.c @BUILD@/qemu/trace/trace-migration_colo.c
  * unit-test-qemu: yes
@@ -28,6 +31,12 @@ static int interrupts;
 static COLOMode mode = COLO_MODE_SECONDARY;
 static COLOMode last_mode = COLO_MODE_SECONDARY;
 static bool stayed_down;
+static bool arbitrated;
+
+bool migrate_colo_arbitrated(void)
+{
+    return arbitrated;
+}
 
 COLOMode colo_last_mode(bool *down)
 {
@@ -51,6 +60,7 @@ static void setup(void)
     mode = COLO_MODE_SECONDARY;
     last_mode = COLO_MODE_SECONDARY;
     stayed_down = false;
+    arbitrated = false;
     failover_init_state();
 }
 
@@ -162,6 +172,24 @@ START_TEST(test_request_outside_colo_is_refused)
 }
 END_TEST
 
+START_TEST(test_arbitrated_secondary_refuses)
+{
+    Error *err = NULL;
+
+    arbitrated = true;
+    qmp_x_colo_lost_heartbeat(&err);
+    ck_assert(strstr(error_get_pretty(err), "x-colo-lease-grant"));
+    error_free(err);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_NONE);
+    ck_assert_int_eq(interrupts, 0);
+    /* Its primary is told as before: it serves on alone, under the lease. */
+    mode = COLO_MODE_PRIMARY;
+    qmp_x_colo_lost_heartbeat(&error_abort);
+    ck_assert_int_eq(failover_get_state(), FAILOVER_STATUS_REQUIRE);
+    ck_assert_int_eq(interrupts, 1);
+}
+END_TEST
+
 /* Only the expected old state moves the machine. */
 START_TEST(test_transitions_need_the_old_state)
 {
@@ -190,6 +218,7 @@ int main(void)
     tcase_add_test(tc, test_clean_exit_is_no_failover);
     tcase_add_test(tc, test_request_outside_colo_is_refused);
     tcase_add_test(tc, test_transitions_need_the_old_state);
+    tcase_add_test(tc, test_arbitrated_secondary_refuses);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
