@@ -144,8 +144,8 @@ void colo_fencing_protected(void)
     fc.alone = false;
 }
 
-void qmp_x_colo_lease_grant(uint32_t validity_ms, bool has_sole, bool sole,
-                            Error **errp)
+void qmp_x_colo_lease_grant(uint32_t validity_ms, int64_t clock_ms,
+                            bool has_sole, bool sole, Error **errp)
 {
     bool stayed_down;
     bool handover;
@@ -164,10 +164,11 @@ void qmp_x_colo_lease_grant(uint32_t validity_ms, bool has_sole, bool sole,
                        "it cannot serve");
             return;
         }
-        sole = true;
     }
-    if (!colo_lease_grant(&fc.lease, colo_fencing_now(), validity_ms,
-                          has_sole && sole, errp)) {
+    /* A secondary handed over serves alone: its lease is sole. */
+    sole = handover || (has_sole && sole);
+    if (!colo_lease_grant(&fc.lease, colo_fencing_now(), clock_ms,
+                          validity_ms, sole, errp)) {
         return;
     }
     trace_colo_fencing_grant(validity_ms, sole, handover);
@@ -187,6 +188,7 @@ COLOLease *colo_fencing_status(void)
     COLOLease *st = g_new0(COLOLease, 1);
     int64_t now = colo_fencing_now();
 
+    st->clock_ms = now;
     st->arbitrated = migrate_colo_arbitrated();
     st->alone = fc.alone;
     st->remaining_ms = colo_lease_remaining_ms(&fc.lease, now);

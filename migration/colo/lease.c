@@ -19,8 +19,8 @@ static int64_t colo_lease_now(const ColoLease *l, int64_t now)
     return MAX(now, l->latest_ms);
 }
 
-bool colo_lease_grant(ColoLease *l, int64_t now, int64_t validity_ms,
-                      bool sole, Error **errp)
+bool colo_lease_grant(ColoLease *l, int64_t now, int64_t start,
+                      int64_t validity_ms, bool sole, Error **errp)
 {
     if (l->fenced) {
         error_setg(errp, "This side is fenced: its lease lapsed while it "
@@ -37,10 +37,22 @@ bool colo_lease_grant(ColoLease *l, int64_t now, int64_t validity_ms,
                    "not renewed", l->latest_ms - now);
         return false;
     }
+    if (start > now) {
+        error_setg(errp, "A lease cannot start %" PRId64 " ms from now: the "
+                   "start is a reading of this side's lease clock",
+                   start - now);
+        return false;
+    }
+    if (now - start >= validity_ms) {
+        error_setg(errp, "The lease ran out on its way (it started %" PRId64
+                   " ms ago and runs %" PRId64 " ms)", now - start,
+                   validity_ms);
+        return false;
+    }
     l->granted = true;
     l->sole = sole;
     l->validity_ms = validity_ms;
-    l->expires_ms = now + validity_ms;
+    l->expires_ms = start + validity_ms;
     l->latest_ms = now;
     l->warned = false;
     l->lapse_told = false;

@@ -14,10 +14,13 @@
  * fenced: its VM stops, what it held is dropped, and no grant is taken
  * from then on.
  *
- * The lease runs from when this side *receives* the grant, on its own
- * clock; the arbiter counts it from when it gets the answer (later) and
- * adds a margin for the clocks' drift, so this side's lease always
- * lapses first (docs/devel/migration/colo.rst, "An arbiter").
+ * The lease runs from a reading of this side's own clock that the
+ * arbiter took before it decided (query-colo-status), not from when the
+ * grant arrives: a grant held up on its way (this side frozen with the
+ * grant in its socket, say) runs out no later than the arbiter counts.
+ * The arbiter counts it from when it got that reading, plus a margin for
+ * the clocks' drift, so this side's lease always lapses first
+ * (docs/devel/migration/colo.rst, "An arbiter").
  *
  * The caller passes the time (milliseconds of a clock that counts a
  * host's suspension too) to every function; fencing.c feeds it.  A
@@ -64,13 +67,15 @@ typedef struct ColoLease {
 void colo_lease_init(ColoLease *l);
 
 /*
- * Grant or renew the lease at @now for @validity_ms, @sole or not.  A
- * renewal replaces the lease, shorter or longer.  Refused (false, with
- * @errp set) when fenced, when @validity_ms is out of bounds, or when
- * @now is before a time already seen.
+ * Grant or renew the lease, arriving at @now: it runs from @start (a
+ * reading of this clock, not after @now) for @validity_ms, @sole or not.
+ * A renewal replaces the lease, shorter or longer.  Refused (false, with
+ * @errp set) when fenced, when @validity_ms is out of bounds, when @now
+ * is before a time already seen, when @start is after @now, or when the
+ * lease ran out on its way.
  */
-bool colo_lease_grant(ColoLease *l, int64_t now, int64_t validity_ms,
-                      bool sole, Error **errp);
+bool colo_lease_grant(ColoLease *l, int64_t now, int64_t start,
+                      int64_t validity_ms, bool sole, Error **errp);
 
 /* Is the lease valid at @now (at the latest time seen, if later)? */
 bool colo_lease_valid(const ColoLease *l, int64_t now);

@@ -26,23 +26,35 @@ static void setup(void)
     colo_lease_init(&l);
 }
 
-/* Grant, which must be taken. */
-static void grant(int64_t now, int64_t validity, bool sole)
+/* A grant arriving at @now that runs from @start, which must be taken. */
+static void grant_at(int64_t now, int64_t start, int64_t validity, bool sole)
 {
     Error *err = NULL;
 
-    ck_assert(colo_lease_grant(&l, now, validity, sole, &err));
+    ck_assert(colo_lease_grant(&l, now, start, validity, sole, &err));
     ck_assert_ptr_null(err);
 }
 
-/* Grant, which must be refused with an error. */
-static void grant_refused(int64_t now, int64_t validity, bool sole)
+/* A grant that runs from its arrival. */
+static void grant(int64_t now, int64_t validity, bool sole)
+{
+    grant_at(now, now, validity, sole);
+}
+
+/* A grant that must be refused with an error. */
+static void grant_at_refused(int64_t now, int64_t start, int64_t validity,
+                             bool sole)
 {
     Error *err = NULL;
 
-    ck_assert(!colo_lease_grant(&l, now, validity, sole, &err));
+    ck_assert(!colo_lease_grant(&l, now, start, validity, sole, &err));
     ck_assert_ptr_nonnull(err);
     error_free(err);
+}
+
+static void grant_refused(int64_t now, int64_t validity, bool sole)
+{
+    grant_at_refused(now, now, validity, sole);
 }
 
 START_TEST(test_never_granted_is_no_lease)
@@ -186,6 +198,34 @@ START_TEST(test_clock_going_backwards_is_refused)
 }
 END_TEST
 
+START_TEST(test_delayed_grant_runs_from_its_reading)
+{
+    /*
+     * The arbiter read this clock at 4000 and granted V; the grant sat in
+     * a frozen side's socket until 5000: it runs out at 4000 + V, as the
+     * arbiter counts, not at 5000 + V.
+     */
+    grant_at(5000, 4000, V, true);
+    ck_assert(colo_lease_valid(&l, 4000 + V - 1));
+    ck_assert(!colo_lease_valid(&l, 4000 + V));
+    /* One held up for the whole of it is refused: it lapsed on its way. */
+    colo_lease_init(&l);
+    grant_at_refused(4000 + V, 4000, V, true);
+    ck_assert(!colo_lease_valid(&l, 4000 + V));
+    grant_at(4000 + V - 1, 4000, V, true);
+    ck_assert(colo_lease_valid(&l, 4000 + V - 1));
+    ck_assert(!colo_lease_valid(&l, 4000 + V));
+}
+END_TEST
+
+START_TEST(test_grant_from_the_future_is_refused)
+{
+    grant_at_refused(1000, 1001, V, true);
+    ck_assert(!colo_lease_valid(&l, 1001));
+    grant_at(1000, 1000, V, true);
+}
+END_TEST
+
 START_TEST(test_validity_bounds)
 {
     grant_refused(1000, COLO_LEASE_MIN_MS - 1, true);
@@ -215,6 +255,8 @@ int main(void)
     tcase_add_test(tc, test_shorter_renewal_shortens);
     tcase_add_test(tc, test_fenced_for_good);
     tcase_add_test(tc, test_clock_going_backwards_is_refused);
+    tcase_add_test(tc, test_delayed_grant_runs_from_its_reading);
+    tcase_add_test(tc, test_grant_from_the_future_is_refused);
     tcase_add_test(tc, test_validity_bounds);
     suite_add_tcase(su, tc);
     return check_run(su);
