@@ -67,16 +67,23 @@
  *                runs.
  * ONE_SERVES and COVERED do not rest on the clocks: the sole rule and the
  * arbiter's one record (sole, or handed over, never both) keep them, with
- * any drift, margin or pause (build with -DNO_LEASE_ASSERT to check them
- * alone: the timing mutants below then find nothing).  The lease's timing
- * keeps LEASE, which is what an arbiter that acts on its record's expiry
- * (a hand-over, with the sole rule gone; a restart elsewhere) relies on.
+ * any drift, margin or pause, even if the arbiter did not wait for the
+ * record to run out (build with -DNO_LEASE_ASSERT to check them alone:
+ * the timing mutants below then find nothing).  The lease's timing keeps
+ * LEASE, which is what ONE_SERVES falls back on if that record is lost (a
+ * hand-over after a sole grant breaks COVERED whatever the timing, and
+ * ONE_SERVES only with a timing mutant too: -DNO_LEASE_ASSERT
+ * -DNO_SOLE_RECORD -DNO_DRIFT_MARGIN), and what an arbiter that acts on
+ * the record's expiry otherwise (a restart elsewhere) relies on.
  *
  * Mutants, each of which must produce a violation:
  *   NO_SOLE_RULE     a primary alone releases uncovered output under any
  *                    valid lease, sole or not (COVERED);
  *   NO_SOLE_RECORD   the arbiter hands over although it granted a sole
  *                    lease (COVERED);
+ *   NO_HANDED_RECORD the arbiter still grants the primary after it handed
+ *                    over: sole, once the primary says it is alone
+ *                    (ONE_SERVES, COVERED);
  *   NO_DRIFT_MARGIN  the arbiter counts the lease from when it sent the
  *                    grant, without margin (LEASE);
  *   FROM_SEND        ... from when it sent the grant, with the margin: a
@@ -97,7 +104,7 @@
  * secondary killed.  A side may wait for ever: an end in a wait is no
  * deadlock.
  *
- * model-mutants: NO_SOLE_RULE NO_SOLE_RECORD NO_DRIFT_MARGIN FROM_SEND SHORT_MARGIN NO_FENCE_CHECK FORGET_GRANT
+ * model-mutants: NO_SOLE_RULE NO_SOLE_RECORD NO_HANDED_RECORD NO_DRIFT_MARGIN FROM_SEND SHORT_MARGIN NO_FENCE_CHECK FORGET_GRANT
  * model-pan-flags: -E
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -107,6 +114,9 @@
 #define W       3
 #define M       2
 #define MAXE    2       /* checkpoints the primary takes at most */
+#ifndef FAULTS
+#define FAULTS  1       /* faults per run (-DFAULTS=2: see above) */
+#endif
 
 #define P_COLO   0
 #define P_ALONE  1
@@ -178,6 +188,13 @@ bool a_handed = false;      /* handed over to the secondary */
 #define NEVER_SOLE (!a_sole)
 #endif
 
+/* After a hand-over the primary is granted nothing (the record is one). */
+#ifdef NO_HANDED_RECORD
+#define MAY_GRANT true
+#else
+#define MAY_GRANT (!a_handed)
+#endif
+
 /* The primary alone may release uncovered output: its check at release. */
 #if defined(NO_SOLE_RULE)
 #define P_MAY_RELEASE (p_state == P_ALONE && p_left > 0)
@@ -230,31 +247,35 @@ end:
 }
 
 /*
- * One fault per run, at any instant, healed at any later instant (or
- * never; a kill is never healed).
+ * FAULTS faults per run, each at any instant; a heal, at any later
+ * instant (or never), ends every pause and cut (a kill is never healed).
  */
+byte faults = 0;
 active proctype Nemesis()
 {
-    if
-    :: p_frozen = true
-    :: s_frozen = true
-    :: a_frozen = true
-    :: atomic { a2p_cut = true; p2a_cut = true }
-    :: a2p_cut = true
-    :: p2a_cut = true
-    :: atomic { fwd_cut = true; back_cut = true }
-    :: fwd_cut = true
-    :: back_cut = true
-    :: atomic { (p_state == P_COLO || p_state == P_ALONE) ->
-                p_state = P_GONE; p_eof = true }; goto done
-    :: atomic { (s_state == S_RECV || s_state == S_CUT_OFF) ->
-                s_state = S_DEAD }; goto done
-    fi;
-    atomic { p_frozen = false; s_frozen = false; a_frozen = false;
-             a2p_cut = false; p2a_cut = false;
-             fwd_cut = false; back_cut = false }
-done:
-    skip
+    do
+    :: faults < FAULTS ->
+        faults++;
+        if
+        :: p_frozen = true
+        :: s_frozen = true
+        :: a_frozen = true
+        :: atomic { a2p_cut = true; p2a_cut = true }
+        :: a2p_cut = true
+        :: p2a_cut = true
+        :: atomic { fwd_cut = true; back_cut = true }
+        :: fwd_cut = true
+        :: back_cut = true
+        :: atomic { (p_state == P_COLO || p_state == P_ALONE) ->
+                    p_state = P_GONE; p_eof = true }
+        :: atomic { (s_state == S_RECV || s_state == S_CUT_OFF) ->
+                    s_state = S_DEAD }
+        fi
+    :: atomic { p_frozen = false; s_frozen = false; a_frozen = false;
+                a2p_cut = false; p2a_cut = false;
+                fwd_cut = false; back_cut = false }
+    :: break
+    od
 }
 
 active proctype Arbiter() provided (!a_frozen)
@@ -264,7 +285,7 @@ active proctype Arbiter() provided (!a_frozen)
 
 end:
     do
-    :: atomic { !a_handed && !a_pending && nfull(a2p) ->
+    :: atomic { MAY_GRANT && !a_pending && nfull(a2p) ->
         /* grant or renew: sole once the primary is recorded alone */
         a2p ! GRANT(a_alone);
         a_pending = true;
