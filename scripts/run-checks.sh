@@ -90,7 +90,8 @@ COLO_QTESTS="/x86_64/migration/colo/memory-equal/delay-50
 /x86_64/migration/colo/incompatible-caps
 /x86_64/migration/colo/checkpoint-delay-alias
 /x86_64/migration/colo/secondary-only
-/x86_64/migration/colo/primary-only"
+/x86_64/migration/colo/primary-only
+/x86_64/migration/colo/lease-grant"
 
 # Run a command with KVM out of reach, so that the framework falls back to
 # TCG.  The paravirtual KVM of these machines loses dirty pages: a plain

@@ -9,27 +9,32 @@
  * replication link.  Under arbitration a secondary never takes over by
  * itself: only the arbiter's hand-over (a grant on the secondary) does.
  *
- * Time is a clock that advances on its own (Clock): one global tick, in
- * which the primary's local clock and the arbiter's each advance by one,
- * or fall behind by one: a clock falls behind at most once in any W ticks
- * (its rate is between 1 - 1/W and 1 of the other's: the drift bound).  A
- * clock runs on while its process is paused (SIGSTOP stops no clock):
- * only a timer of the paused process does not fire.  Leases are kept as
- * what is left of them on the clock that counts them, which stops at 0,
- * so the state space stays finite while the clock runs for ever.
+ * Time is a clock that advances on its own (Clock): one tick of the
+ * arbiter's clock, in which the primary's clock advances by one, or falls
+ * behind by one, at most once in any W ticks (the drift bound: its rate
+ * is within (W-1)/W and 1 of the arbiter's; a primary's clock that runs
+ * fast lapses its lease sooner, which is safe, and only the two clocks'
+ * ratio counts).  A clock runs on while its process is paused (SIGSTOP
+ * stops no clock): only a timer of the paused process does not fire.
+ * Leases are kept as what is left of them on the clock that counts them,
+ * which stops at 0, and ages stop past what reads them, so the state
+ * space stays finite while the clock runs for ever.
  *
- * The lease: the arbiter grants or renews the primary's lease (one QMP
- * command at a time, on a link of its own, FIFO each way, that Nemesis may
- * cut both ways or one way and heal: what is held back arrives after the
- * heal, as TCP does), sole only once it has recorded that the primary is
- * alone (the primary's event, on the same link, which may come late).
- * QEMU counts V from when it receives the grant, on its clock; the
- * arbiter counts V + M from when it gets QEMU's answer, on its own clock,
- * and a grant not yet answered counts as running (it may still arrive).
- * A killed primary's QMP connection ends (EOF behind its data): a dead
- * process takes no grant.  The arbiter hands over to the secondary only
- * when its record has run out and it never granted a sole lease; it may
- * withhold a renewal at any time (a decision, or lost contact), and
+ * The lease: the arbiter grants or renews the primary's lease, on a link
+ * of its own (QMP: FIFO each way, that Nemesis may cut both ways or one
+ * way and heal: what is held back arrives after the heal, as TCP does).
+ * It asks for a reading C of QEMU's lease clock (query-colo-status), then
+ * grants with it (x-colo-lease-grant clock-ms=C), sole only once it has
+ * recorded that the primary is alone (the primary's event, on the same
+ * link, which may come late).  QEMU's lease runs V from C, on its clock,
+ * whenever the grant arrives (one that ran out on its way is refused);
+ * the arbiter counts V + M from when it got the reading, on its own clock,
+ * and records that when it sends the grant (whose answer may never come:
+ * it ignores it).  A reading is used once, and only when no later query
+ * is out (a later reading replaces it in QEMU's count before the grant
+ * arrives: the queue is FIFO).  The arbiter hands over to the secondary
+ * only when its record has run out and it never granted a sole lease; it
+ * may withhold a renewal at any time (a decision, or lost contact), and
  * grants nothing to the primary after a hand-over.
  *
  * Names follow the spec and the code: P_COLO (releases output of
@@ -45,10 +50,11 @@
  *   V       the lease's validity, in ticks of the clock that counts it
  *   W       the drift window: a clock falls behind by at most one tick in
  *           any W ticks
- *   M       the arbiter's margin: V local ticks of the primary last at
- *           most V + M ticks of the arbiter (V = 3, W = 3: at most 5 ticks:
- *           behind at the first and the fourth, M = 2 = V/W + 1, the
- *           spec's V*rho and its eps for the phase)
+ *   M       the arbiter's margin: V ticks of the primary's clock last at
+ *           most V + M of the arbiter's (V = 3, W = 3: at most 5, behind
+ *           at the first and the fourth; M = 2 is the spec's V*rho, 1.5
+ *           with rho = 1/(W-1), and its eps, the phase of the reading in
+ *           a tick; M - 1 is short: SHORT_MARGIN)
  *
  * Safety, asserted wherever output is released or a side takes over:
  *   ONE_SERVES   never both sides serving: at every release of uncovered
@@ -59,8 +65,8 @@
  *   COVERED      a secondary that took over stands behind every output a
  *                client saw: released_max <= s_have.
  * And the lease's own promise ("QEMU's lease always lapses first"),
- * asserted at every tick, grant, answer and hand-over, and at every
- * release of uncovered output:
+ * asserted at every tick, grant and hand-over, and at every release of
+ * uncovered output:
  *   LEASE        while the primary holds a valid lease (on its clock), the
  *                arbiter's record of it runs (on its clock), and the
  *                primary releases uncovered output only while that record
@@ -85,26 +91,33 @@
  *                    over: sole, once the primary says it is alone
  *                    (ONE_SERVES, COVERED);
  *   NO_DRIFT_MARGIN  the arbiter counts the lease from when it sent the
- *                    grant, without margin (LEASE);
- *   FROM_SEND        ... from when it sent the grant, with the margin: a
- *                    grant that waits on the way outlives it (LEASE);
- *   SHORT_MARGIN     ... from the answer, with a margin one tick short:
+ *                    grant, without margin: drift (LEASE);
+ *   SHORT_MARGIN     ... from the reading, with a margin one tick short:
  *                    drift (LEASE);
+ *   FROM_QUERY       ... from when it asked for the reading, not when it
+ *                    got it: a query that waits in QEMU's socket (LEASE);
+ *   RECORD_AT_ANSWER ... records it when the grant's answer comes, not
+ *                    when it sends the grant: the answer comes late or
+ *                    never, the grant took effect (LEASE);
+ *   RECEIPT_START    QEMU runs the lease from the grant's arrival, not
+ *                    from C (the first spec): a renewal that waits in a
+ *                    frozen primary's socket revives it on thaw (LEASE);
  *   NO_FENCE_CHECK   a primary alone that resumes from a pause releases
  *                    output before checking its lease: it trusts a timer
- *                    that did not fire while it was frozen (LEASE);
- *   FORGET_GRANT     the arbiter gives up on a grant not answered (a QMP
- *                    timeout) and counts from its old record: the grant
- *                    arrives late (LEASE).
+ *                    that did not fire while it was frozen (LEASE).
  *
- * Faults, one per run, at any instant, healed at any later instant (or
- * never): a pause of the primary, the secondary or the arbiter (arbiter
- * down: it keeps its record, as etcd does), the arbiter's link or the
- * replication link cut both ways or one way, the primary or the
- * secondary killed.  A side may wait for ever: an end in a wait is no
- * deadlock.
+ * Faults, FAULTS per run (1), at any instant, healed at any later instant
+ * (or never): a pause of the primary, the secondary or the arbiter
+ * (arbiter down: it keeps its record, as etcd does), the arbiter's link or
+ * the replication link cut both ways or one way, the primary or the
+ * secondary killed.  Any step may also be delayed without bound (a
+ * starved thread, a slow link), so that a cut, or a pause of the
+ * secondary or the arbiter, adds little; a pause of the primary (its timer
+ * stands) and the kills do.  -DFAULTS=2 holds too (17 million states, a
+ * minute and 1.3 GB).  A side may wait for ever: an end in a wait is no
+ * deadlock.  Liveness (who serves, and how soon) is not checked.
  *
- * model-mutants: NO_SOLE_RULE NO_SOLE_RECORD NO_HANDED_RECORD NO_DRIFT_MARGIN FROM_SEND SHORT_MARGIN NO_FENCE_CHECK FORGET_GRANT
+ * model-mutants: NO_SOLE_RULE NO_SOLE_RECORD NO_HANDED_RECORD NO_DRIFT_MARGIN SHORT_MARGIN FROM_QUERY RECORD_AT_ANSWER RECEIPT_START NO_FENCE_CHECK
  * model-pan-flags: -E
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -129,18 +142,17 @@
 #define S_DOWN      3
 #define S_DEAD      4
 
-mtype = { CKPT, ACK, ERR, GRANT, ANSWER, ALONE, HANDOVER };
+mtype = { CKPT, ACK, ERR, QUERY, READING, GRANT, ANSWER, ALONE, HANDOVER };
 
 chan fwd = [1] of { mtype, byte };      /* primary -> secondary */
 chan back = [MAXE] of { mtype, byte };  /* secondary -> primary: RECEIVED */
-chan a2p = [1] of { mtype, bool };      /* arbiter -> primary: grants (sole) */
-chan p2a = [2] of { mtype, bool };      /* primary -> arbiter: answers, ALONE */
+chan a2p = [2] of { mtype, bool };      /* arbiter -> primary: QUERY, GRANT */
+chan p2a = [3] of { mtype, bool };      /* primary -> arbiter: READING, ... */
 chan a2s = [1] of { mtype, bool };      /* arbiter -> secondary: hand-over */
 bool fwd_cut = false;
 bool back_cut = false;
 bool a2p_cut = false;
 bool p2a_cut = false;
-bool p_eof = false;         /* the primary died: EOF behind p2a's data */
 bool p_frozen = false;      /* SIGSTOP: the loop and its timers stand */
 bool s_frozen = false;
 bool a_frozen = false;      /* the arbiter down or paused */
@@ -151,35 +163,27 @@ byte released_max = 0;      /* newest epoch whose output clients saw */
 byte p_left = 0;            /* lease left, on the primary's clock */
 bool p_sole = false;        /* the lease held is sole */
 byte p_lag = W - 1;         /* ticks since the primary's clock fell behind */
+byte p_read_age = V;        /* its clock's ticks since its last reading */
 
 byte s_state = S_RECV;
 byte s_have = 0;            /* last checkpoint fully received */
 
 byte a_left = 0;            /* the record: lease left, on the arbiter's clock */
-byte a_lag = W - 1;         /* ticks since the arbiter's clock fell behind */
-bool a_pending = false;     /* a grant sent, not answered */
+byte a_read_left = 0;       /* V + M from the reading, on the arbiter's clock */
+bool a_read_ok = false;     /* a reading to grant with */
+bool a_query_out = false;   /* a query sent, its reading not come */
 bool a_alone = false;       /* recorded: the secondary is no successor */
 bool a_sole = false;        /* ever granted a sole lease */
 bool a_handed = false;      /* handed over to the secondary */
 
-#ifdef NO_DRIFT_MARGIN
-#define MARGIN 0
-#define COUNT_AT_SEND
-#elif defined(SHORT_MARGIN)
+#if defined(SHORT_MARGIN)
 #define MARGIN (M - 1)
 #else
 #define MARGIN M
 #endif
-#ifdef FROM_SEND
-#define COUNT_AT_SEND
-#endif
 
 /* The arbiter's record of the primary's lease runs. */
-#ifdef COUNT_AT_SEND
 #define A_RUNS (a_left > 0)
-#else
-#define A_RUNS (a_left > 0 || a_pending)
-#endif
 
 /* The arbiter's condition (b): it never granted a sole lease. */
 #ifdef NO_SOLE_RECORD
@@ -215,13 +219,21 @@ bool a_handed = false;      /* handed over to the secondary */
 #define IN_LEASE    A_RUNS
 #endif
 
+/* A grant whose lease ran out on its way, from C (QEMU refuses it). */
+#ifdef RECEIPT_START
+#define RAN_OUT false
+#else
+#define RAN_OUT (p_read_age >= V)
+#endif
+
 /* Ages stop growing past what any bound reads; leases stop at 0. */
 #define AGE(v, cap) if :: v < cap -> v++ :: else -> skip fi
 #define DOWN(v)     if :: v > 0 -> v-- :: else -> skip fi
 
 /*
- * Time: each local clock advances, or falls behind (at most once in W
- * ticks); the primary's lease timer fires unless the primary is frozen.
+ * Time: a tick of the arbiter's clock; the primary's advances, or falls
+ * behind (at most once in W ticks); its lease timer fires unless the
+ * primary is frozen.
  */
 active proctype Clock()
 {
@@ -230,12 +242,9 @@ end:
     :: atomic {
         if
         :: p_lag == W - 1 -> p_lag = 0
-        :: true -> AGE(p_lag, W - 1); DOWN(p_left)
+        :: true -> AGE(p_lag, W - 1); DOWN(p_left); AGE(p_read_age, V)
         fi;
-        if
-        :: a_lag == W - 1 -> a_lag = 0
-        :: true -> AGE(a_lag, W - 1); DOWN(a_left)
-        fi;
+        DOWN(a_left); DOWN(a_read_left);
         if
         :: !p_frozen && p_state == P_ALONE && p_left == 0 ->
             p_state = P_FENCED          /* the timer: held output purged */
@@ -267,7 +276,7 @@ active proctype Nemesis()
         :: fwd_cut = true
         :: back_cut = true
         :: atomic { (p_state == P_COLO || p_state == P_ALONE) ->
-                    p_state = P_GONE; p_eof = true }
+                    p_state = P_GONE }
         :: atomic { (s_state == S_RECV || s_state == S_CUT_OFF) ->
                     s_state = S_DEAD }
         fi
@@ -285,39 +294,49 @@ active proctype Arbiter() provided (!a_frozen)
 
 end:
     do
-    :: atomic { MAY_GRANT && !a_pending && nfull(a2p) ->
-        /* grant or renew: sole once the primary is recorded alone */
+    :: atomic { MAY_GRANT && !a_query_out && nfull(a2p) ->
+        /* query-colo-status: a reading of the primary's lease clock */
+        a2p ! QUERY(false);
+        a_query_out = true;
+        a_read_ok = false;
+#ifdef FROM_QUERY
+        a_read_left = V + MARGIN
+#endif
+       }
+    :: atomic { MAY_GRANT && a_read_ok && !a_query_out && nfull(a2p) ->
+        /* grant or renew from it: sole once the primary is recorded alone */
         a2p ! GRANT(a_alone);
-        a_pending = true;
+        a_read_ok = false;
         if
         :: a_alone -> a_sole = true
         :: else -> skip
         fi;
-#ifdef COUNT_AT_SEND
-        a_left = V + MARGIN;
+#if defined(NO_DRIFT_MARGIN)
+        a_left = V;                 /* from now, no margin */
+#elif !defined(RECORD_AT_ANSWER)
+        a_left = a_read_left;       /* recorded before it goes out */
 #endif
         assert(LEASE) }
     :: atomic { !p2a_cut && nempty(p2a) -> p2a ? m(ok);
         if
+        :: m == READING ->
+            a_query_out = false;
+            a_read_ok = true;
+#ifndef FROM_QUERY
+            a_read_left = V + MARGIN    /* from the reading, + margin */
+#endif
         :: m == ANSWER ->
-            a_pending = false;
-#ifndef COUNT_AT_SEND
+#ifdef RECORD_AT_ANSWER
             if
-            :: ok -> a_left = V + MARGIN    /* from the answer, + margin */
-            :: else -> skip                 /* refused: fenced */
+            :: ok -> a_left = a_read_left
+            :: else -> skip
             fi
 #else
-            skip
+            skip                        /* may never come: ignored */
 #endif
-        :: m == ALONE -> a_alone = true     /* no successor any more */
+        :: m == ALONE -> a_alone = true /* no successor any more */
         fi;
         assert(LEASE) }
-    :: atomic { !p2a_cut && empty(p2a) && p_eof && a_pending ->
-        a_pending = false;      /* the connection ended: a dead process */
-        assert(LEASE) }
-#ifdef FORGET_GRANT
-    :: atomic { a_pending -> a_pending = false; assert(LEASE) }
-#endif
     :: atomic { !a_handed && !A_RUNS && NEVER_SOLE && nfull(a2s) ->
         a_handed = true; a2s ! HANDOVER(true); assert(LEASE) }
     od
@@ -362,9 +381,17 @@ end:
                 nfull(p2a) ->
         a2p ? m(sole);
         if
-        :: p_state == P_FENCED -> p2a ! ANSWER(false)
-        :: else ->
-            p_left = V; p_sole = sole; /* from receipt, on its clock */
+        :: m == QUERY ->
+            p_read_age = 0; p2a ! READING(false)   /* clock-ms now */
+        :: m == GRANT && (p_state == P_FENCED || RAN_OUT) ->
+            p2a ! ANSWER(false)     /* fenced, or it ran out on its way */
+        :: m == GRANT && p_state != P_FENCED && !RAN_OUT ->
+#ifdef RECEIPT_START
+            p_left = V;             /* from its arrival */
+#else
+            p_left = V - p_read_age;    /* from the reading C */
+#endif
+            p_sole = sole;
             p2a ! ANSWER(true)
         fi;
         assert(LEASE) }

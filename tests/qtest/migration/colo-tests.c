@@ -334,6 +334,87 @@ static void test_colo_primary_only(void)
     migrate_end(from, to, false);
 }
 
+/* query-colo-status's x-lease member, with its @clock reading. */
+static QDict *colo_lease(QTestState *who, int64_t *clock)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(who,
+                     "{ 'execute': 'query-colo-status' }");
+    QDict *lease = qdict_get_qdict(rsp, "x-lease");
+
+    qobject_ref(lease);
+    qobject_unref(rsp);
+    *clock = qdict_get_int(lease, "clock-ms");
+    return lease;
+}
+
+static void colo_lease_grant_expect(QTestState *who, int64_t validity,
+                                    int64_t clock, const char *error)
+{
+    QDict *rsp = qtest_qmp(who, "{ 'execute': 'x-colo-lease-grant',"
+                           " 'arguments': { 'validity-ms': %" PRId64 ","
+                           " 'clock-ms': %" PRId64 " } }", validity, clock);
+    g_autofree char *err = NULL;
+
+    if (qdict_haskey(rsp, "error")) {
+        err = g_strdup(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"));
+    }
+    qobject_unref(rsp);
+    if (error) {
+        g_assert_nonnull(err);
+        if (!strstr(err, error)) {
+            g_error("expected an error with \"%s\", got: %s", error, err);
+        }
+    } else {
+        g_assert_null(err);
+    }
+}
+
+/*
+ * x-colo-lease-grant: only with x-colo-arbitrated; a lease runs from a
+ * reading of this QEMU's lease clock, never from the future, and one
+ * that ran out on its way is refused.  Outside COLO a lease guards
+ * nothing: its lapse fences no one.
+ */
+static void test_colo_lease_grant(void)
+{
+    QTestState *from, *to;
+    MigrateStart args = { };
+    QDict *lease;
+    int64_t clock, clock2;
+
+    g_assert(!migrate_start(&from, &to, "tcp:127.0.0.1:0", &args));
+    lease = colo_lease(from, &clock);
+    g_assert_false(qdict_get_bool(lease, "arbitrated"));
+    g_assert_cmpstr(qdict_get_str(lease, "state"), ==, "none");
+    qobject_unref(lease);
+    colo_lease_grant_expect(from, 3000, clock, "x-colo-arbitrated");
+
+    migrate_set_capability(from, "x-colo-arbitrated", true);
+    lease = colo_lease(from, &clock);
+    g_assert_true(qdict_get_bool(lease, "arbitrated"));
+    qobject_unref(lease);
+    colo_lease_grant_expect(from, 99, clock, "runs from 100");
+    colo_lease_grant_expect(from, 3000, clock + 60000, "from now");
+    colo_lease_grant_expect(from, 3000, clock - 3000, "ran out on its way");
+    colo_lease_grant_expect(from, 3000, clock, NULL);
+    lease = colo_lease(from, &clock2);
+    g_assert_cmpstr(qdict_get_str(lease, "state"), ==, "valid");
+    g_assert_cmpint(qdict_get_int(lease, "remaining-ms"), <=, 3000);
+    g_assert_cmpint(qdict_get_int(lease, "remaining-ms"), >,
+                    3000 - (clock2 - clock) - 1);
+    g_assert_false(qdict_get_bool(lease, "alone"));
+    qobject_unref(lease);
+
+    /* A short lease lapses; not alone, nothing is fenced: renewals go. */
+    colo_lease_grant_expect(from, 100, clock2, NULL);
+    qtest_qmp_eventwait(from, "X_COLO_LEASE_LAPSED");
+    lease = colo_lease(from, &clock);
+    g_assert_cmpstr(qdict_get_str(lease, "state"), ==, "lapsed");
+    qobject_unref(lease);
+    colo_lease_grant_expect(from, 3000, clock, NULL);
+    migrate_end(from, to, false);
+}
+
 void migration_test_add_colo(MigrationTestEnv *env)
 {
     tmpfs = env->tmpfs;
@@ -355,4 +436,6 @@ void migration_test_add_colo(MigrationTestEnv *env)
                        test_colo_secondary_only);
     migration_test_add("/migration/colo/primary-only",
                        test_colo_primary_only);
+    migration_test_add("/migration/colo/lease-grant",
+                       test_colo_lease_grant);
 }
