@@ -13,6 +13,10 @@ throughout and the guest writes a replicated disk.
                       holding what no checkpoint covers until the arbiter
                       has recorded it alone and made its lease sole.
                       SIGCONT: the secondary never serves.
+  partition           the replication link dropped both ways or one way
+                      (the arbiter still reaches both): the primary serves
+                      alone on a sole lease, the secondary is never handed
+                      over, before or after the heal.
   arbiter_down        the arbiter stops: the pair goes on protected (every
                       release is covered) past the lease's lapse; then the
                       secondary dies: the primary, alone without a lease,
@@ -37,7 +41,7 @@ from colo_pair import colo_status, query_guest, start_pair, wait_until
 from counter_client import CounterLog
 from test_disk import guest_stats, poweroff, wait_writing
 from test_failover import assert_client_ok
-from test_silence import event_time
+from test_silence import drop, event_time
 
 # Well above the silence timeout: a primary waiting on a silent secondary
 # may not answer its monitor (nor a renewal) for up to that long.
@@ -180,6 +184,48 @@ def test_secondary_frozen(bed, vm_factory, workdir, counter, results_dir):
             "replies": log.count})
     assert detect <= 2.0, detect
     # The silence timeout and its grace, then one arbiter round.
+    assert gap <= timeout + 1 + VALIDITY_MS / 4e3 + 0.5, gap
+    assert guest_stats(bed)["disk_errors"] == 0
+    disk.drop_replica(pvm)
+    final = poweroff(bed, pvm)
+    ok, report = disk.verify(disk.primary_image, final)
+    assert ok, report
+
+
+@pytest.mark.parametrize("direction", ["both", "p2s", "s2p"])
+def test_partition(direction, bed, vm_factory, workdir, counter,
+                   results_dir):
+    disk, pvm, svm, arb, client = arbitrated_pair(bed, vm_factory, workdir,
+                                                  counter)
+    try:
+        timeout = pvm.qmp("query-migrate-parameters")[
+            "x-colo-silence-timeout"] / 1e3
+        t_wall, t_fault = time.time(), time.monotonic()
+        heal = drop(bed, svm.incoming_port, direction)
+        try:
+            ev = pvm.wait_event("COLO_EXIT", timeout + 5)
+            detect = event_time(ev) - t_wall
+            wait_until(lambda: colo_status(pvm)["x-lease"]["state"] ==
+                       "sole", 10, "a sole lease")
+            client.wait_replies(25, 30, after=time.monotonic())
+            time.sleep(max(0, t_fault + HOLD_S - time.monotonic()))
+        finally:
+            heal()
+        time.sleep(2 * timeout)  # a phase: two timeouts after the heal
+        assert arb.primary_alone and arb.handover_t is None
+        assert svm.qmp("query-status")["status"] != "running"
+        assert pvm.qmp("query-status")["status"] == "running"
+        client.wait_replies(25, 30, after=time.monotonic())
+        client.stop()
+    finally:
+        arb.stop()
+    log = CounterLog(client.out)
+    assert_client_ok(log, int(query_guest(bed, "get")))
+    gap, _, _, _ = log.longest_gap()
+    record(results_dir, "partition-" + direction,
+           {"detect_s": round(detect, 3), "longest_gap_s": round(gap, 3),
+            "replies": log.count})
+    assert detect <= 2.0, detect
     assert gap <= timeout + 1 + VALIDITY_MS / 4e3 + 0.5, gap
     assert guest_stats(bed)["disk_errors"] == 0
     disk.drop_replica(pvm)
