@@ -24,6 +24,11 @@ from the primary never takes over by itself.  Each test asserts:
                      primary serves on alone
   partition          the replication link dropped both ways, primary to
                      secondary only, secondary to primary only; healed
+  stop_with_silent_secondary
+                     "stop" on the primary while the secondary is frozen
+                     (the review's P1: the stop drains writes to the
+                     replica with the BQL held): answered, and the VM
+                     paused, within the timeout + 1 s; "cont" resumes it
   no_false_silence   a busy pair with both host cores saturated by other
                      work: no side judges its peer silent, COLO goes on
                      (COLO_SOAK_S seconds, 60 by default; make check-slow:
@@ -248,6 +253,39 @@ def test_partition(direction, bed, vm_factory, workdir, counter,
             st["x-liveness"]["peer-silent"], st
     assert detect <= 2.0, detect
     assert r["longest_gap_s"] <= timeout + 1, r
+
+
+def test_stop_with_silent_secondary(bed, vm_factory, workdir, counter):
+    disk, pvm, svm, client = protected_pair(bed, vm_factory, workdir,
+                                            counter)
+    timeout = silence_timeout_s(pvm)
+    svm.proc.send_signal(signal.SIGSTOP)
+    try:
+        # A phase: writes to the frozen replica pile up before the stop.
+        time.sleep(0.3)
+        t_stop = time.monotonic()
+        pvm.qmp("stop")
+        answered = time.monotonic() - t_stop
+        pvm.wait_status({"paused"}, timeout + 1)
+        paused = time.monotonic() - t_stop
+        pvm.qmp("cont")
+        pvm.wait_status({"running"}, 10)
+        client.wait_replies(10, 30, after=time.monotonic())
+    finally:
+        svm.proc.send_signal(signal.SIGCONT)
+    print("\nsilence[stop]: answered %.3f s, paused %.3f s" % (answered,
+                                                             paused))
+    assert answered <= timeout + 1, answered
+    assert paused <= timeout + 1, paused
+    wait_secondary_decided(svm, 30)
+    secondary_never_ran(svm)
+    assert guest_stats(bed)["disk_errors"] == 0
+    client.stop()
+    assert_client_ok(CounterLog(client.out), int(query_guest(bed, "get")))
+    disk.drop_replica(pvm)
+    final = poweroff(bed, pvm)
+    ok, report = disk.verify(disk.primary_image, final)
+    assert ok, report
 
 
 def test_no_false_silence(bed, vm_factory, workdir, counter, results_dir):
