@@ -30,12 +30,13 @@
  * whenever the grant arrives (one that ran out on its way is refused);
  * the arbiter counts V + M from when it got the reading, on its own clock,
  * and records that when it sends the grant (whose answer may never come:
- * it ignores it).  A reading is used once, and only when no later query
- * is out (a later reading replaces it in QEMU's count before the grant
- * arrives: the queue is FIFO).  The arbiter hands over to the secondary
- * only when its record has run out and it never granted a sole lease; it
- * may withhold a renewal at any time (a decision, or lost contact), and
- * grants nothing to the primary after a hand-over.
+ * it ignores it).  The model keeps the age of one reading, so the arbiter
+ * grants with its latest reading, once, before it asks again (C is a
+ * clock value in QEMU: an older reading would do, for a shorter lease).
+ * The arbiter hands over to the secondary only when its record has run
+ * out and it never granted a sole lease; it may withhold a renewal at any
+ * time (a decision, or lost contact), and grants nothing to the primary
+ * after a hand-over.
  *
  * Names follow the spec and the code: P_COLO (releases output of
  * checkpoint N on RECEIVED(N) only, whatever its lease), P_ALONE (releases
@@ -45,11 +46,13 @@
  * P_FENCED (final: held output purged, grants refused), P_GONE (killed);
  * S_RECV, S_CUT_OFF (waits for the arbiter), S_TOOK_OVER (then serves
  * under its own lease: modelled as simply serving), S_DOWN (an ERROR came:
- * refuses the grant), S_DEAD.  The units are ticks:
+ * refuses the grant), S_DEAD.  A secondary records a checkpoint as
+ * received before it acknowledges it, with no hand-over in between.  The
+ * units are ticks:
  *
  *   V       the lease's validity, in ticks of the clock that counts it
- *   W       the drift window: a clock falls behind by at most one tick in
- *           any W ticks
+ *   W       the drift window: the primary's clock falls behind the
+ *           arbiter's by at most one tick in any W ticks
  *   M       the arbiter's margin: V ticks of the primary's clock last at
  *           most V + M of the arbiter's (V = 3, W = 3: at most 5, behind
  *           at the first and the fourth; M = 2 is the spec's V*rho, 1.5
@@ -113,9 +116,9 @@
  * secondary killed.  Any step may also be delayed without bound (a
  * starved thread, a slow link), so that a cut, or a pause of the
  * secondary or the arbiter, adds little; a pause of the primary (its timer
- * stands) and the kills do.  -DFAULTS=2 holds too (17 million states, a
- * minute and 1.3 GB).  A side may wait for ever: an end in a wait is no
- * deadlock.  Liveness (who serves, and how soon) is not checked.
+ * stands) and the kills do.  -DFAULTS=2 holds too (57 million states,
+ * five minutes and 4.5 GB).  A side may wait for ever: an end in a wait
+ * is no deadlock.  Liveness (who serves, and how soon) is not checked.
  *
  * model-mutants: NO_SOLE_RULE NO_SOLE_RECORD NO_HANDED_RECORD NO_DRIFT_MARGIN SHORT_MARGIN FROM_QUERY RECORD_AT_ANSWER RECEIPT_START NO_FENCE_CHECK
  * model-pan-flags: -E
@@ -168,8 +171,8 @@ byte p_read_age = V;        /* its clock's ticks since its last reading */
 byte s_state = S_RECV;
 byte s_have = 0;            /* last checkpoint fully received */
 
-byte a_left = 0;            /* the record: lease left, on the arbiter's clock */
-byte a_read_left = 0;       /* V + M from the reading, on the arbiter's clock */
+byte a_left = 0;            /* the record: lease left, arbiter's clock */
+byte a_read_left = 0;       /* V + M from the reading, arbiter's clock */
 bool a_read_ok = false;     /* a reading to grant with */
 bool a_query_out = false;   /* a query sent, its reading not come */
 bool a_alone = false;       /* recorded: the secondary is no successor */
