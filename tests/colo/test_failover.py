@@ -131,8 +131,9 @@ def test_broken_stream(bed, vm_factory, workdir, counter, results_dir):
     assert ev["data"] == {"mode": "secondary", "reason": "error"}
     svm.wait_status({"running"}, 30)
     # QEMU's COLO-FT.txt, "Secondary Failover", as a management tool sends
-    # it once it notices: the secondary has already taken over by itself,
-    # and every command still succeeds.
+    # it once it notices (the yank of the migration first): the secondary
+    # has already taken over by itself, and every command still succeeds.
+    svm.qmp("yank", {"instances": [{"type": "migration"}]})
     svm.qmp("nbd-server-stop")
     svm.qmp("x-colo-lost-heartbeat")
     assert colo_status(svm)["reason"] == "error"
@@ -265,7 +266,9 @@ def test_secondary_dies(bed, vm_factory, workdir, counter, results_dir):
     ev = pvm.wait_event("COLO_EXIT", 30)
     assert ev["data"]["mode"] == "primary"
     assert pvm.qmp("query-status")["status"] == "running"
-    # COLO-FT.txt's "Primary Failover" ends with this: it succeeds.
+    # COLO-FT.txt's "Primary Failover", with the yank of the migration
+    # first: every command succeeds on a primary that already serves alone.
+    pvm.qmp("yank", {"instances": [{"type": "migration"}]})
     pvm.qmp("x-colo-lost-heartbeat")
     log = takeover(client, t_kill, results_dir, "secondary-dies")
     assert_client_ok(log, int(query_guest(bed, "get")))
@@ -331,6 +334,9 @@ def test_reprotect(bed, vm_factory, workdir, counter, results_dir):
     svm.wait_event("COLO_EXIT", 30)
     svm.wait_status({"running"}, 30)
     client.wait_replies(30, 60, after=time.monotonic())
+    # The management tool's yank succeeds, and does not stand in the way
+    # of the next migration's.
+    svm.qmp("yank", {"instances": [{"type": "migration"}]})
 
     # A fresh secondary for the survivor (its x-colo is still set).
     port = bed.free_port()
