@@ -11,8 +11,10 @@
 /*
  * Hold the output of every netdev from now on (attaches a
  * colo-output-commit filter to each).  Called with the BQL held.
+ * @on_pressure, if set, is called (BQL held) when a netdev's output of
+ * one epoch fills half of what can be held: a checkpoint should end it.
  */
-bool colo_output_start(Error **errp);
+bool colo_output_start(void (*on_pressure)(void), Error **errp);
 
 /*
  * At the stop of a checkpoint (BQL held, VM stopped): what was held so far

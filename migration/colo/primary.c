@@ -211,6 +211,13 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
     }
 }
 
+/* Output of this epoch piles up: end the epoch now (BQL held). */
+static void colo_primary_output_pressure(void)
+{
+    qatomic_set(&colo_state.checkpoint_requested, true);
+    qemu_sem_post(&colo_state.kick);
+}
+
 static bool colo_primary_start(ColoPrimary *p, Error **errp)
 {
     ERRP_GUARD();
@@ -243,7 +250,7 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
      */
     bql_lock();
     replication_start_all(REPLICATION_MODE_PRIMARY, errp);
-    ok = !*errp && colo_output_start(errp);
+    ok = !*errp && colo_output_start(colo_primary_output_pressure, errp);
     if (ok) {
         colo_fencing_protected();
         /* As it was before the migration: a paused VM stays paused. */

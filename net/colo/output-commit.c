@@ -43,10 +43,23 @@ struct ColoOutputState {
 
     NetQueue *pending;
     NetQueue *sealed;
+    uint32_t pending_len;       /* packets in pending */
 };
+
+/*
+ * A NetQueue drops what comes beyond 10000 packets.  Long before that,
+ * at half of it, the primary is asked for a checkpoint, which ends the
+ * epoch; what still comes beyond is dropped as a full link would, and
+ * traced.
+ */
+#define COLO_OUTPUT_HOLD_MAX 10000
+#define COLO_OUTPUT_PRESSURE (COLO_OUTPUT_HOLD_MAX / 2)
 
 /* The filters this module attached, to seal, release and remove. */
 static GPtrArray *colo_output_filters;
+
+/* Asks for a checkpoint when a filter holds COLO_OUTPUT_PRESSURE packets. */
+static void (*colo_output_on_pressure)(void);
 
 /* Set while the filters are a gate for a side serving alone. */
 static ColoOutputVerdict (*colo_output_judge)(void);
@@ -71,10 +84,12 @@ static void colo_output_judge_held(NetFilterState *nf, ColoOutputVerdict v)
     case COLO_OUTPUT_PASS:
         colo_output_flush(nf, s->sealed);
         colo_output_flush(nf, s->pending);
+        s->pending_len = 0;
         break;
     case COLO_OUTPUT_DROP:
         qemu_net_queue_purge(s->sealed, nf->netdev->peer);
         qemu_net_queue_purge(s->pending, nf->netdev->peer);
+        s->pending_len = 0;
         break;
     case COLO_OUTPUT_HOLD:
         break;
@@ -102,7 +117,16 @@ static ssize_t colo_output_receive_iov(NetFilterState *nf,
         }
     }
     /* Taken: the sender counts the packet as sent. */
+    if (s->pending_len >= COLO_OUTPUT_HOLD_MAX) {
+        trace_colo_output_full(nf->netdev->name);
+        return iov_size(iov, iovcnt);
+    }
     qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
+    if (++s->pending_len == COLO_OUTPUT_PRESSURE && colo_output_on_pressure &&
+        !colo_output_judge) {
+        trace_colo_output_pressure(nf->netdev->name, s->pending_len);
+        colo_output_on_pressure();
+    }
     return iov_size(iov, iovcnt);
 }
 
@@ -167,7 +191,7 @@ static void colo_output_class_init(ObjectClass *oc, void *data)
     nfc->receive_iov = colo_output_receive_iov;
 }
 
-bool colo_output_start(Error **errp)
+bool colo_output_start(void (*on_pressure)(void), Error **errp)
 {
     NetClientState *ncs[MAX_QUEUE_NUM];
     int n;
@@ -179,12 +203,14 @@ bool colo_output_start(Error **errp)
          * checkpoint covers it.
          */
         colo_output_judge = NULL;
+        colo_output_on_pressure = on_pressure;
         trace_colo_output_gate(false);
         return true;
     }
     n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
                                      MAX_QUEUE_NUM);
     assert(!colo_output_filters);
+    colo_output_on_pressure = on_pressure;
     colo_output_filters = g_ptr_array_new();
     for (int i = 0; i < n; i++) {
         g_autofree char *id = NULL;
@@ -223,6 +249,7 @@ void colo_output_seal(void)
         colo_output_flush(nf, q);
         s->sealed = s->pending;
         s->pending = q;
+        s->pending_len = 0;
     }
 }
 
@@ -255,12 +282,13 @@ void colo_output_stop(bool release)
     }
     g_ptr_array_free(colo_output_filters, true);
     colo_output_filters = NULL;
+    colo_output_on_pressure = NULL;
     trace_colo_output_stop(release);
 }
 
 bool colo_output_gate(ColoOutputVerdict (*judge)(void), Error **errp)
 {
-    if (!colo_output_filters && !colo_output_start(errp)) {
+    if (!colo_output_filters && !colo_output_start(NULL, errp)) {
         return false;
     }
     colo_output_judge = judge;
