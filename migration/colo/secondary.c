@@ -47,6 +47,7 @@ typedef struct ColoSecondary {
     ColoBuf msg;                /* the message being received */
     uint64_t checkpoint_max;    /* the longest checkpoint this VM can have */
     uint64_t loaded;            /* last checkpoint the SVM stands at */
+    GByteArray *layout;         /* the RAM layout agreed at HELLO */
     bool shutdown;              /* the primary's guest shut down */
     bool unusable;              /* the SVM or its disks are inconsistent */
     bool primary_alone;         /* the primary carries on without us */
@@ -75,6 +76,22 @@ static bool colo_secondary_load_devices(const uint8_t *buf, size_t len,
     ret = qemu_load_device_state(f);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "COLO: loading the device state failed");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Checkpoints name RAM blocks by their index in the layout agreed at
+ * HELLO.  RAM hot-plugged or unplugged on the SVM since (BQL held: only
+ * the main loop changes the layout) would shift the indices and send a
+ * checkpoint's pages to the wrong blocks.
+ */
+static bool colo_secondary_layout_unchanged(ColoSecondary *c, Error **errp)
+{
+    if (!colo_ram_layout_check(c->layout->data, c->layout->len, errp)) {
+        error_prepend(errp, "the SVM's RAM changed since COLO started, it "
+                      "can no longer follow the primary: ");
         return false;
     }
     return true;
@@ -109,6 +126,12 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
      * primary holds its next writes until RECEIVED.
      */
     bql_lock();
+    if (!colo_secondary_layout_unchanged(c, errp)) {
+        bql_unlock();
+        /* Still whole at the last checkpoint, but it cannot go on. */
+        c->unusable = true;
+        return false;
+    }
     replication_do_checkpoint_all(errp);
     bql_unlock();
     if (*errp) {
@@ -132,10 +155,13 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
      * that must not be set up twice.  Reset first, since it may rewrite
      * ROM contents, then flush the RAM.
      */
-    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
-    colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
-    ok = colo_secondary_load_devices(body + 8 + ram_len, len - 8 - ram_len,
-                                     errp);
+    ok = colo_secondary_layout_unchanged(c, errp);
+    if (ok) {
+        qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+        colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
+        ok = colo_secondary_load_devices(body + 8 + ram_len,
+                                         len - 8 - ram_len, errp);
+    }
     bql_unlock();
     if (!ok) {
         /* Flushed RAM without devices: this SVM cannot take over. */
@@ -233,6 +259,7 @@ static void *colo_secondary_thread(void *opaque)
         running = false;
     } else {
         colo_ram_layout_encode(hello);
+        c->layout = hello;
         iov.iov_base = hello->data;
         iov.iov_len = hello->len;
         running = colo_msg_send(c->to, COLO_MSG_HELLO, 0, &iov, 1, &c->err);

@@ -248,6 +248,34 @@ def test_output_beyond_the_hold(bed, vm_factory, workdir):
     assert colo_status(pvm)["mode"] == "primary"
 
 
+def test_svm_ram_hotplug(bed, vm_factory, workdir, counter):
+    """RAM hot-plugged on the secondary during COLO (review L2):
+    checkpoints name RAM blocks by their index in the layout agreed at
+    HELLO, which the new block shifts.  The secondary refuses the next
+    checkpoint and stays down, its VM never runs; the primary serves on
+    alone, its client unharmed."""
+    mem = ["-m", "256,slots=2,maxmem=1G"]
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             primary_args=mem, secondary_args=mem)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(25, 60)
+    svm.qmp("object-add", {"qom-type": "memory-backend-ram", "id": "m1",
+                           "size": 128 << 20})
+    svm.qmp("device_add", {"driver": "pc-dimm", "id": "dimm1",
+                           "memdev": "m1"})
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "secondary", "reason": "error"}
+    ev = pvm.wait_event("COLO_EXIT", 30)
+    assert ev["data"]["mode"] == "primary"
+    client.wait_replies(25, 30, after=time.monotonic())
+    assert svm.qmp("query-status")["status"] != "running"
+    assert pvm.qmp("query-status")["status"] == "running"
+    with pytest.raises(Exception):
+        svm.qmp("x-colo-lost-heartbeat")
+    client.stop()
+    assert_client_ok(CounterLog(client.out))
+
+
 def test_stop_cont_in_colo(bed, vm_factory, workdir):
     """A secondary's VM runs only after a failover: cont and stop are
     refused in COLO.  A primary's stop holds across checkpoints."""
