@@ -276,6 +276,22 @@ def test_svm_ram_hotplug(bed, vm_factory, workdir, counter):
     assert_client_ok(CounterLog(client.out))
 
 
+def test_pvm_ram_hotplug(bed, vm_factory, workdir):
+    """RAM hot-plug on the primary during COLO (review L7) is refused, as
+    during any outgoing migration, and COLO goes on."""
+    mem = ["-m", "256,slots=2,maxmem=1G"]
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             primary_args=mem, secondary_args=mem)
+    pvm.qmp("object-add", {"qom-type": "memory-backend-ram", "id": "m1",
+                           "size": 128 << 20})
+    with pytest.raises(Exception, match="not allowed while migrating"):
+        pvm.qmp("device_add", {"driver": "pc-dimm", "id": "dimm1",
+                               "memdev": "m1"})
+    n = checkpoints(svm)
+    wait_checkpoints(svm, n + 5)
+    assert colo_status(pvm)["mode"] == "primary"
+
+
 def test_stop_cont_in_colo(bed, vm_factory, workdir):
     """A secondary's VM runs only after a failover: cont and stop are
     refused in COLO.  A primary's stop holds across checkpoints."""
