@@ -63,6 +63,12 @@ bool colo_caps_check(const bool *new_caps, Error **errp)
          * switchover-ack needs return-path, so it is refused with it.
          */
         MIGRATION_CAPABILITY_RETURN_PATH,
+        /*
+         * A checkpoint carries RAM and the devices' state, not the state
+         * that only iterates (block dirty bitmaps): a secondary taking
+         * over would run with bitmaps of the initial migration, stale.
+         */
+        MIGRATION_CAPABILITY_DIRTY_BITMAPS,
     };
 
     for (size_t i = 0; i < ARRAY_SIZE(incompatible); i++) {

@@ -260,6 +260,11 @@ static void test_colo_incompatible_caps(void)
         "{ 'execute': 'migrate-set-capabilities', 'arguments':"
         " { 'capabilities': [ { 'capability': 'return-path',"
         "                       'state': true } ] } }");
+    /* Checkpoints do not carry dirty bitmaps: they would go stale. */
+    qtest_qmp_assert_failure_ref(from,
+        "{ 'execute': 'migrate-set-capabilities', 'arguments':"
+        " { 'capabilities': [ { 'capability': 'dirty-bitmaps',"
+        "                       'state': true } ] } }");
     migrate_set_capability(to, "return-path", true);
     qtest_qmp_assert_failure_ref(to,
         "{ 'execute': 'migrate-set-capabilities', 'arguments':"
