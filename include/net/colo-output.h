@@ -8,13 +8,23 @@
 #ifndef NET_COLO_OUTPUT_H
 #define NET_COLO_OUTPUT_H
 
+/* What the primary hears of the output it holds (called with the BQL). */
+typedef struct ColoOutputHooks {
+    /* A netdev holds the first packet of an epoch. */
+    void (*first_held)(void);
+    /*
+     * A netdev's output of one epoch fills half of what can be held: a
+     * checkpoint should end the epoch.
+     */
+    void (*pressure)(void);
+} ColoOutputHooks;
+
 /*
  * Hold the output of every netdev from now on (attaches a
- * colo-output-commit filter to each).  Called with the BQL held.
- * @on_pressure, if set, is called (BQL held) when a netdev's output of
- * one epoch fills half of what can be held: a checkpoint should end it.
+ * colo-output-commit filter to each), telling @hooks (may be NULL).
+ * Called with the BQL held.
  */
-bool colo_output_start(void (*on_pressure)(void), Error **errp);
+bool colo_output_start(const ColoOutputHooks *hooks, Error **errp);
 
 /*
  * At the stop of a checkpoint (BQL held, VM stopped): what was held so far

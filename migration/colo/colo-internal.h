@@ -38,6 +38,7 @@ typedef struct ColoState {
     QEMUFile *from_peer;
     /* Requests to the running side (atomic); the semaphore wakes it. */
     bool checkpoint_requested;
+    int64_t output_due_ms;      /* a checkpoint for held output, or 0 */
     bool exit_requested;
     bool guest_shutdown;        /* the guest powered off: both sides end */
     bool quitting;              /* this QEMU exits: it will not serve */

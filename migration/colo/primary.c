@@ -188,6 +188,7 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
     for (;;) {
         int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
         int64_t due = last_start_ms + migrate_checkpoint_delay();
+        int64_t output_due = qatomic_read(&colo_state.output_due_ms);
         /* The heartbeat counts every message as a word. */
         int64_t beat = now + colo_heartbeat_interval_ms() -
                        colo_heartbeat_quiet_ms();
@@ -195,8 +196,13 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
         if (qatomic_read(&colo_state.exit_requested)) {
             return false;
         }
+        if (output_due) {
+            due = MIN(due, output_due);
+        }
         if (qatomic_xchg(&colo_state.checkpoint_requested, false) ||
             now >= due) {
+            /* Output held from here on is this checkpoint's, or after. */
+            qatomic_set(&colo_state.output_due_ms, 0);
             return true;
         }
         if (now >= beat) {
@@ -217,6 +223,26 @@ static void colo_primary_output_pressure(void)
     qatomic_set(&colo_state.checkpoint_requested, true);
     qemu_sem_post(&colo_state.kick);
 }
+
+/*
+ * Output-driven checkpoints (x-colo-output-delay): the first packet held
+ * in an epoch makes a checkpoint due that much later (BQL held).
+ */
+static void colo_primary_output_held(void)
+{
+    uint32_t delay = migrate_colo_output_delay();
+
+    if (delay &&
+        !qatomic_cmpxchg(&colo_state.output_due_ms, 0,
+                         qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + delay)) {
+        qemu_sem_post(&colo_state.kick);
+    }
+}
+
+static const ColoOutputHooks colo_primary_output_hooks = {
+    .first_held = colo_primary_output_held,
+    .pressure = colo_primary_output_pressure,
+};
 
 static bool colo_primary_start(ColoPrimary *p, Error **errp)
 {
@@ -250,7 +276,7 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
      */
     bql_lock();
     replication_start_all(REPLICATION_MODE_PRIMARY, errp);
-    ok = !*errp && colo_output_start(colo_primary_output_pressure, errp);
+    ok = !*errp && colo_output_start(&colo_primary_output_hooks, errp);
     if (ok) {
         colo_fencing_protected();
         /* As it was before the migration: a paused VM stays paused. */

@@ -58,8 +58,8 @@ struct ColoOutputState {
 /* The filters this module attached, to seal, release and remove. */
 static GPtrArray *colo_output_filters;
 
-/* Asks for a checkpoint when a filter holds COLO_OUTPUT_PRESSURE packets. */
-static void (*colo_output_on_pressure)(void);
+/* The primary's hooks, or NULL. */
+static const ColoOutputHooks *colo_output_hooks;
 
 /* Set while the filters are a gate for a side serving alone. */
 static ColoOutputVerdict (*colo_output_judge)(void);
@@ -122,10 +122,16 @@ static ssize_t colo_output_receive_iov(NetFilterState *nf,
         return iov_size(iov, iovcnt);
     }
     qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
-    if (++s->pending_len == COLO_OUTPUT_PRESSURE && colo_output_on_pressure &&
-        !colo_output_judge) {
-        trace_colo_output_pressure(nf->netdev->name, s->pending_len);
-        colo_output_on_pressure();
+    s->pending_len++;
+    if (colo_output_hooks && !colo_output_judge) {
+        if (s->pending_len == 1 && colo_output_hooks->first_held) {
+            colo_output_hooks->first_held();
+        }
+        if (s->pending_len == COLO_OUTPUT_PRESSURE &&
+            colo_output_hooks->pressure) {
+            trace_colo_output_pressure(nf->netdev->name, s->pending_len);
+            colo_output_hooks->pressure();
+        }
     }
     return iov_size(iov, iovcnt);
 }
@@ -191,7 +197,7 @@ static void colo_output_class_init(ObjectClass *oc, void *data)
     nfc->receive_iov = colo_output_receive_iov;
 }
 
-bool colo_output_start(void (*on_pressure)(void), Error **errp)
+bool colo_output_start(const ColoOutputHooks *hooks, Error **errp)
 {
     NetClientState *ncs[MAX_QUEUE_NUM];
     int n;
@@ -203,14 +209,14 @@ bool colo_output_start(void (*on_pressure)(void), Error **errp)
          * checkpoint covers it.
          */
         colo_output_judge = NULL;
-        colo_output_on_pressure = on_pressure;
+        colo_output_hooks = hooks;
         trace_colo_output_gate(false);
         return true;
     }
     n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
                                      MAX_QUEUE_NUM);
     assert(!colo_output_filters);
-    colo_output_on_pressure = on_pressure;
+    colo_output_hooks = hooks;
     colo_output_filters = g_ptr_array_new();
     for (int i = 0; i < n; i++) {
         g_autofree char *id = NULL;
@@ -282,7 +288,7 @@ void colo_output_stop(bool release)
     }
     g_ptr_array_free(colo_output_filters, true);
     colo_output_filters = NULL;
-    colo_output_on_pressure = NULL;
+    colo_output_hooks = NULL;
     trace_colo_output_stop(release);
 }
 

@@ -292,6 +292,59 @@ def test_pvm_ram_hotplug(bed, vm_factory, workdir):
     assert colo_status(pvm)["mode"] == "primary"
 
 
+def reply_times(path, t0, t1):
+    """The client's round-trip times of replies between T0 and T1."""
+    rtts = []
+    with open(path) as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if "rtt" in d and t0 <= d["t"] <= t1:
+                rtts.append(d["rtt"])
+    return sorted(rtts)
+
+
+def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
+    """x-colo-output-delay: a held reply starts a checkpoint at once, so
+    it waits for one checkpoint's round trip instead of up to a period; an
+    idle guest costs no more checkpoints than the period asks."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=1000)
+    assert pvm.qmp("query-migrate-parameters")["x-colo-output-delay"] == 0
+    with pytest.raises(Exception):
+        pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 60001})
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(3, 60)
+    t0 = time.monotonic()
+    client.wait_replies(5, 60, after=t0)
+    periodic = reply_times(client.out, t0, time.monotonic())
+    pvm.hmp("migrate_set_parameter x-colo-output-delay 1")
+    assert "x-colo-output-delay: 1 ms" in pvm.hmp("info migrate_parameters")
+    client.wait_replies(3, 30, after=time.monotonic())
+    t1, n1 = time.monotonic(), checkpoints(pvm)
+    client.wait_replies(100, 60, after=t1)
+    t2, n2 = time.monotonic(), checkpoints(pvm)
+    driven = reply_times(client.out, t1, t2)
+    client.stop()
+    assert_client_ok(CounterLog(client.out))
+    # Idle (no client): the period alone, 1 s.
+    n3 = checkpoints(pvm)
+    time.sleep(5)  # a phase: five periods of an idle guest
+    idle = checkpoints(pvm) - n3
+    result = {"periodic_rtt_median_s": periodic[len(periodic) // 2],
+              "driven_rtt_median_s": driven[len(driven) // 2],
+              "driven_rtt_max_s": driven[-1],
+              "driven_checkpoints_per_s": round((n2 - n1) / (t2 - t1), 1),
+              "idle_checkpoints_in_5s": idle}
+    with open(os.path.join(results_dir, "output-driven.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print("\noutput-driven: %s" % result)
+    assert result["periodic_rtt_median_s"] > 0.5, result
+    assert result["driven_rtt_median_s"] < 0.1, result
+    assert idle <= 7, result
+
+
 def test_stop_cont_in_colo(bed, vm_factory, workdir):
     """A secondary's VM runs only after a failover: cont and stop are
     refused in COLO.  A primary's stop holds across checkpoints."""
