@@ -16,6 +16,7 @@ answer "ok":
     freeze     forward nothing more either way, keep both connections open
                (a primary that vanished without its host closing anything)
     freeze N   the same after forwarding N more bytes (mid-checkpoint)
+    thaw       forward again, both ways, what was held and what comes
     count      answer the number of bytes forwarded so far
 
 Two commands act on the next COLO CHECKPOINT message (migration/colo/
@@ -149,6 +150,8 @@ def main(argv):
                     freeze_at = forwarded + int(arg)
                 elif cmd == "freeze":
                     frozen = True
+                elif cmd == "thaw":
+                    frozen = False
                 elif cmd == "count":
                     r.sendall(b"%d\n" % forwarded)
                     continue
