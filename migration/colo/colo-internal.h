@@ -44,6 +44,8 @@ typedef struct ColoState {
     bool quitting;              /* this QEMU exits: it will not serve */
     bool cancel_requested;      /* migrate_cancel: leave, tell the peer */
     bool stop_requested;        /* "stop" inside a checkpoint's stop */
+    /* x-colo-arbitrated, as it was when this session began. */
+    bool arbitrated;
     QemuSemaphore kick;
     /* Posted by the primary's loop when it has left COLO. */
     QemuSemaphore primary_exited;

@@ -25,6 +25,7 @@ static struct {
     ColoLease lease;
     QEMUTimer *timer;           /* the next warning or lapse */
     bool alone;                 /* serving alone: output goes by the lease */
+    bool handed_over;           /* a secondary the arbiter handed over to */
     QEMUBH *stop_bh;            /* stops a fenced VM that was started */
     VMChangeStateEntry *vmstate;
 } fc = {
@@ -72,7 +73,12 @@ static void colo_fencing_fence(void)
     colo_lease_fence(&fc.lease);
     trace_colo_fencing_fence();
     colo_output_gate_update();
-    vm_stop(RUN_STATE_COLO);
+    if (runstate_is_live(runstate_get())) {
+        vm_stop(RUN_STATE_COLO);
+    } else if (runstate_check(RUN_STATE_PAUSED)) {
+        /* "cont" refuses run state colo; it would resume a paused VM. */
+        runstate_set(RUN_STATE_COLO);
+    }
     fc.stop_bh = qemu_bh_new(colo_fencing_stop_bh, NULL);
     fc.vmstate = qemu_add_vm_change_state_handler(colo_fencing_vm_state,
                                                   NULL);
@@ -136,12 +142,38 @@ bool colo_fencing_serve_alone(Error **errp)
 {
     fc.alone = true;
     trace_colo_fencing_serve_alone();
-    return colo_output_gate(colo_fencing_judge, errp);
+    if (!colo_output_gate(colo_fencing_judge, errp)) {
+        /* Output that cannot be gated must not go out at all. */
+        colo_output_stop(false);
+        colo_fencing_fence();
+        return false;
+    }
+    return true;
 }
 
-void colo_fencing_protected(void)
+bool colo_fencing_protected(Error **errp)
 {
+    if (fc.lease.fenced) {
+        error_setg(errp, "COLO: this side is fenced, it cannot be protected "
+                   "again");
+        return false;
+    }
+    if (fc.alone && colo_lease_gate(&fc.lease, colo_fencing_now()) !=
+        COLO_LEASE_RELEASE) {
+        /*
+         * What it holds is covered for the new secondary only: the
+         * arbiter may still hand over to the old one.
+         */
+        error_setg(errp, "COLO: this side serves alone without a sole "
+                   "lease; it can be protected again only once the arbiter "
+                   "has made its lease sole");
+        return false;
+    }
+    /* Protected again: the arbiter's record of it alone no longer holds. */
     fc.alone = false;
+    fc.handed_over = false;
+    fc.lease.sole = false;
+    return true;
 }
 
 void qmp_x_colo_lease_grant(uint32_t validity_ms, int64_t clock_ms,
@@ -166,7 +198,7 @@ void qmp_x_colo_lease_grant(uint32_t validity_ms, int64_t clock_ms,
         }
     }
     /* A secondary handed over serves alone: its lease is sole. */
-    sole = handover || (has_sole && sole);
+    sole = handover || fc.handed_over || (has_sole && sole);
     if (!colo_lease_grant(&fc.lease, colo_fencing_now(), clock_ms,
                           validity_ms, sole, errp)) {
         return;
@@ -177,6 +209,7 @@ void qmp_x_colo_lease_grant(uint32_t validity_ms, int64_t clock_ms,
     }
     colo_fencing_arm();
     if (handover) {
+        fc.handed_over = true;
         failover_request_active(errp);
     } else if (fc.alone) {
         colo_output_gate_update();

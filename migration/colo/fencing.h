@@ -24,8 +24,13 @@
  */
 bool colo_fencing_serve_alone(Error **errp);
 
-/* This side is in COLO again (BQL held): releases are covered again. */
-void colo_fencing_protected(void);
+/*
+ * This side enters COLO again as a primary (BQL held): releases are
+ * covered again, and a sole lease is no longer sole.  Refused (false,
+ * @errp set) for a fenced side, and for one serving alone without a
+ * valid sole lease.
+ */
+bool colo_fencing_protected(Error **errp);
 
 /* For query-colo-status. */
 COLOLease *colo_fencing_status(void);

@@ -276,9 +276,9 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
      */
     bql_lock();
     replication_start_all(REPLICATION_MODE_PRIMARY, errp);
-    ok = !*errp && colo_output_start(&colo_primary_output_hooks, errp);
+    ok = !*errp && colo_fencing_protected(errp) &&
+         colo_output_start(&colo_primary_output_hooks, errp);
     if (ok) {
-        colo_fencing_protected();
         /* As it was before the migration: a paused VM stays paused. */
         vm_resume(p->s->vm_old_state);
         p->resumed = true;
@@ -366,19 +366,23 @@ void colo_primary_run(MigrationState *s)
          */
         colo_primary_stop_drain(RUN_STATE_SHUTDOWN);
     }
-    if (serving && migrate_colo_arbitrated()) {
+    /*
+     * The replica first: a fence's stop then flushes only local disks,
+     * never an NBD connection to a secondary that may be silent.  Held
+     * output stays held meanwhile.
+     */
+    replication_stop_all(true, NULL);
+    if (serving && colo_state.arbitrated) {
         /* Output no checkpoint covers goes by the arbiter's lease. */
         g_autoptr(Error) gate_err = NULL;
 
         if (!colo_fencing_serve_alone(&gate_err)) {
-            /* Cannot happen: the filters are there. */
+            /* No gate (COLO failed before its filters): fenced. */
             error_report_err(g_steal_pointer(&gate_err));
-            colo_output_stop(false);
         }
     } else {
         colo_output_stop(serving);
     }
-    replication_stop_all(true, NULL);
     bql_unlock();
     colo_state_exit(reason, err);
     colo_failover_end();

@@ -322,7 +322,7 @@ static void *colo_secondary_thread(void *opaque)
         c->primary_alone = true;
         colo_msg_send_error(c->to, c->loaded, c->err);
     } else if (failover_get_state() != FAILOVER_STATUS_REQUIRE &&
-               (!death || migrate_colo_arbitrated())) {
+               (!death || colo_state.arbitrated)) {
         /*
          * The stream ended, but the primary went silent, or this side was
          * frozen or waited long just before: the primary may well be
@@ -421,7 +421,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
         qemu_coroutine_yield();
         return;
     }
-    if (migrate_colo_arbitrated() && !colo_fencing_serve_alone(&gate_err)) {
+    if (colo_state.arbitrated && !colo_fencing_serve_alone(&gate_err)) {
         /* Its output could not be held to the lease: it must not run. */
         error_prepend(&gate_err, "failover aborted, the SVM will not run: ");
         error_free(c.err);

@@ -112,6 +112,7 @@ class Arbiter:
         self.primary_alone = False      # recorded: never hand over
         self.expiry = {"primary": 0.0, "secondary": 0.0}
         self.handover_t = None          # monotonic time of the handover
+        self.sole_grant_t = None        # just before the first sole grant
         self.down = False
         self.log = []                   # (monotonic time, what)
         self._stop = threading.Event()
@@ -139,6 +140,8 @@ class Arbiter:
             if st["x-lease"]["alone"] and not self.primary_alone:
                 self.primary_alone = True
                 self._note("primary alone")
+                # Nothing uncovered may reach a client before this grant.
+                self.sole_grant_t = time.monotonic()
             self._grant("primary", self.primary_alone)
         except Exception as e:  # a silent or dead primary: no renewal
             self._note("primary: %s" % e)
