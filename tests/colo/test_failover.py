@@ -83,6 +83,16 @@ def takeover(client, t_kill, results_dir, name, extra=None):
     return log
 
 
+def survivor_disk_ok(bed, svm, disk, acked_disk_seq):
+    """The secondary that took over powers its guest off: its disk holds
+    every write the guest saw complete, up to ACKED_DISK_SEQ at least."""
+    svm.qmp("nbd-server-stop")
+    final = int(query_guest(bed, "poweroff").split("disk_seq=")[1])
+    svm.proc.wait(timeout=60)
+    ok, report = disk.verify(disk.secondary_image, acked_disk_seq)
+    assert ok and final >= acked_disk_seq, report
+
+
 def busy_pair_with_disk(bed, vm_factory, workdir):
     """A pair through the stream proxy, with a replicated disk the guest
     writes, and a busy guest, so that checkpoints carry megabytes."""
@@ -296,11 +306,7 @@ def test_kill_output_driven(run, bed, vm_factory, workdir, counter,
     svm.wait_status({"running"}, 30)
     log = takeover(client, t_kill, results_dir, "output-driven-%d" % run)
     assert_client_ok(log, int(query_guest(bed, "get")))
-    svm.qmp("nbd-server-stop")
-    final = int(query_guest(bed, "poweroff").split("disk_seq=")[1])
-    svm.proc.wait(timeout=60)
-    ok, report = disk.verify(disk.secondary_image, acked_disk_seq)
-    assert ok and final >= acked_disk_seq, report
+    survivor_disk_ok(bed, svm, disk, acked_disk_seq)
 
 
 @pytest.mark.parametrize("run", range(FAULT_RUNS))
@@ -346,11 +352,7 @@ def test_kill_at_random(run, bed, vm_factory, workdir, counter, results_dir):
             # One in flight at the kill is loaded if it arrived whole.
             assert n <= checkpoints(svm) <= n + 1
         assert_client_ok(log, int(query_guest(bed, "get")))
-        svm.qmp("nbd-server-stop")
-        final = int(query_guest(bed, "poweroff").split("disk_seq=")[1])
-        svm.proc.wait(timeout=60)
-        ok, report = disk.verify(disk.secondary_image, acked_disk_seq)
-        assert ok and final >= acked_disk_seq, report
+        survivor_disk_ok(bed, svm, disk, acked_disk_seq)
     finally:
         proxy.close()
 
