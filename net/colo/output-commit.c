@@ -222,8 +222,15 @@ bool colo_output_start(const ColoOutputHooks *hooks, Error **errp)
         g_autofree char *id = NULL;
         Object *f;
 
-        /* Only netdevs that carry a guest NIC's output. */
-        if (!ncs[i]->peer || ncs[i]->queue_index) {
+        /*
+         * Only netdevs that carry a guest NIC's output.  A hub's ports are
+         * skipped: what a NIC sends through a hub reaches the backend
+         * beyond it, which is filtered; a filter on a port would hold the
+         * output twice, and the port towards the backend receives the
+         * guest's input.
+         */
+        if (!ncs[i]->peer || ncs[i]->queue_index ||
+            ncs[i]->info->type == NET_CLIENT_DRIVER_HUBPORT) {
             continue;
         }
         id = g_strdup_printf("colo-output-%s", ncs[i]->name);

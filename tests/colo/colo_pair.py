@@ -126,24 +126,26 @@ def standalone_bed(prefix):
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
                primary_args=(), secondary_args=(), via_proxy=False,
                qemu=None, isolate_secondary=False, disk=None,
-               before_migrate=None):
+               before_migrate=None, vm_kw=None):
     """Boot the primary, start the secondary and enter COLO (with QEMU
     binary QEMU, default the build's).  ISOLATE_SECONDARY takes the
     secondary's tap off the bridge, for a COLO whose secondary runs and
     talks between checkpoints (the base's in periodic mode).  DISK, a
     colo_disk.ReplicatedDisk, gives the guest a disk protected by block
     replication.  BEFORE_MIGRATE(primary, secondary) runs just before
-    migrate.  Returns (primary, secondary, proxy or None)."""
+    migrate.  VM_KW are more arguments for both QemuVMs.  Returns
+    (primary, secondary, proxy or None)."""
     if disk is not None:
         primary_args = list(primary_args) + disk.primary_args()
         secondary_args = list(secondary_args) + disk.secondary_args()
+    vm_kw = vm_kw or {}
     pvm = vm_factory("primary", tap="tap-p", append=append,
-                     extra_args=list(primary_args), qemu=qemu)
+                     extra_args=list(primary_args), qemu=qemu, **vm_kw)
     pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
     port = bed.free_port()
     svm = vm_factory("secondary", tap="tap-s", append=append,
                      incoming="tcp:127.0.0.1:%d" % port,
-                     extra_args=list(secondary_args), qemu=qemu)
+                     extra_args=list(secondary_args), qemu=qemu, **vm_kw)
     svm.incoming_port = port
     if isolate_secondary:
         bed.ip("link", "set", "tap-s", "nomaster")

@@ -278,7 +278,8 @@ def test_svm_ram_hotplug(bed, vm_factory, workdir, counter):
 
 def test_pvm_ram_hotplug(bed, vm_factory, workdir):
     """RAM hot-plug on the primary during COLO (review L7) is refused, as
-    during any outgoing migration, and COLO goes on."""
+    during any outgoing migration, and so is a NIC's, whose output no
+    filter would hold (review M7); COLO goes on."""
     mem = ["-m", "256,slots=2,maxmem=1G"]
     pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
                              primary_args=mem, secondary_args=mem)
@@ -287,6 +288,10 @@ def test_pvm_ram_hotplug(bed, vm_factory, workdir):
     with pytest.raises(Exception, match="not allowed while migrating"):
         pvm.qmp("device_add", {"driver": "pc-dimm", "id": "dimm1",
                                "memdev": "m1"})
+    pvm.qmp("netdev_add", {"type": "hubport", "id": "hp9", "hubid": 9})
+    with pytest.raises(Exception, match="not allowed while migrating"):
+        pvm.qmp("device_add", {"driver": "virtio-net-pci", "id": "nic9",
+                               "netdev": "hp9"})
     n = checkpoints(svm)
     wait_checkpoints(svm, n + 5)
     assert colo_status(pvm)["mode"] == "primary"
@@ -343,6 +348,36 @@ def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
     assert result["periodic_rtt_median_s"] > 0.5, result
     assert result["driven_rtt_median_s"] < 0.1, result
     assert idle <= 7, result
+
+
+def test_output_through_hub(bed, vm_factory, workdir, counter):
+    """NIC and tap joined through a hub (review M7): output is held once,
+    at the tap, and the guest's input not at all.  Output-driven with a
+    30 s period, every checkpoint is started by held output: a filter on
+    each hub port too would hold each reply twice (two checkpoints) and
+    each request once more (a third)."""
+    def output_driven(pvm, svm):
+        pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 1})
+
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=30000,
+                             vm_kw={"net_hub": True},
+                             before_migrate=output_driven)
+    filters = sorted(o["name"] for o in pvm.qmp("qom-list", path="/objects")
+                     if o["name"].startswith("colo-output-"))
+    assert filters == ["colo-output-hn0"], filters
+    client = counter(interval=0.2, timeout=30, duration=600)
+    client.wait_replies(3, 60)
+    t0, n0 = time.monotonic(), checkpoints(pvm)
+    client.wait_replies(20, 60, after=t0)
+    took = checkpoints(pvm) - n0
+    replies = [t for t, _ in CounterLog(client.out).replies if t > t0]
+    rtts = reply_times(client.out, t0, time.monotonic())
+    client.stop()
+    assert_client_ok(CounterLog(client.out))
+    print("\nthrough a hub: %d replies, %d checkpoints, rtt median %.1f ms"
+          % (len(replies), took, 1000 * rtts[len(rtts) // 2]))
+    assert took <= 1.5 * len(replies) + 2, (took, len(replies))
+    assert rtts[len(rtts) // 2] < 0.1, rtts
 
 
 @pytest.mark.parametrize("mode", ["periodic", "output-driven"])

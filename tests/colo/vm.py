@@ -51,7 +51,7 @@ class QemuVM:
                  append="", extra_args=(), incoming=None, kernel=None,
                  initrd=None, mac=GUEST_MAC, guest_ip=GUEST_IP,
                  guest_port=GUEST_PORT, qmp_timeout=60.0, qemu=None,
-                 machine="pc"):
+                 machine="pc", net_hub=False):
         self.bed = bed
         self.name = name
         self.dir = os.path.join(workdir, name)
@@ -70,6 +70,7 @@ class QemuVM:
         self.qmp_timeout = qmp_timeout
         self.qemu = qemu            # another QEMU binary than the build's
         self.machine = machine      # "none": no guest, block layer only
+        self.net_hub = net_hub      # NIC and tap joined through a hub
         self.sock_path = os.path.join(self.dir, "qmp.sock")
         self.serial_path = os.path.join(self.dir, "serial.log")
         self.stderr_path = os.path.join(self.dir, "stderr.log")
@@ -115,8 +116,14 @@ class QemuVM:
         a += colo_env.firmware_args()
         if self.tap:
             a += ["-netdev", "tap,id=hn0,ifname=%s,script=no,downscript=no"
-                  % self.tap,
-                  "-device", "virtio-net-pci,netdev=hn0,mac=%s" % self.mac]
+                  % self.tap]
+            nic = "hn0"
+            if self.net_hub:
+                a += ["-netdev", "hubport,id=hub-tap,hubid=0,netdev=hn0",
+                      "-netdev", "hubport,id=hub-nic,hubid=0"]
+                nic = "hub-nic"
+            a += ["-device", "virtio-net-pci,netdev=%s,mac=%s"
+                  % (nic, self.mac)]
         if self.incoming:
             a += ["-incoming", self.incoming]
         a += self.extra_args
