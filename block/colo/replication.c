@@ -696,6 +696,73 @@ static void colo_repl_set_stage(BDRVColoReplicationState *s,
     s->stage = stage;
 }
 
+/* Whether @bs is @top or below it. */
+static bool GRAPH_RDLOCK colo_repl_below(BlockDriverState *top,
+                                          BlockDriverState *bs)
+{
+    BdrvChild *c;
+
+    if (top == bs) {
+        return true;
+    }
+    QLIST_FOREACH(c, &top->children, next) {
+        if (colo_repl_below(c->bs, bs)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Primary mode: only the guest may write the disk above this node.  A
+ * checkpoint covers what the guest wrote because its completions reach
+ * the guest, and so its output, only after the checkpoint that holds them;
+ * another writer (an NBD export, a block job, a device that lets others
+ * write with share-rw=on) is answered at once and could write between a
+ * checkpoint's stop and the hold.  With the guest's device the only writer
+ * and sharing no write permission, the block layer refuses any new writer
+ * for as long as COLO runs.
+ */
+static bool colo_repl_primary_writers_check(BlockDriverState *bs,
+                                            Error **errp)
+{
+    GRAPH_RDLOCK_GUARD_MAINLOOP();
+
+    for (BlockBackend *blk = blk_all_next(NULL); blk;
+         blk = blk_all_next(blk)) {
+        g_autofree char *dev = NULL;
+        uint64_t perm, shared;
+
+        if (!blk_bs(blk) || !colo_repl_below(blk_bs(blk), bs)) {
+            continue;
+        }
+        blk_get_perm(blk, &perm, &shared);
+        if (!blk_get_attached_dev(blk)) {
+            if (perm & BLK_PERM_WRITE) {
+                error_setg(errp, "replication: %s%s%s writes the disk above "
+                           "node '%s' and is not the guest: its writes "
+                           "would escape the checkpoints",
+                           *blk_name(blk) ? "'" : "",
+                           *blk_name(blk) ? blk_name(blk) :
+                           "a block export or job",
+                           *blk_name(blk) ? "'" : "",
+                           bdrv_get_node_name(bs));
+                return false;
+            }
+            continue;
+        }
+        if (shared & BLK_PERM_WRITE) {
+            dev = blk_get_attached_dev_id(blk);
+            error_setg(errp, "replication: device '%s' lets others write "
+                       "the disk above node '%s' (share-rw=on): their "
+                       "writes would escape the checkpoints", dev,
+                       bdrv_get_node_name(bs));
+            return false;
+        }
+    }
+    return true;
+}
+
 static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
                             Error **errp)
 {
@@ -726,6 +793,10 @@ static void colo_repl_start(ReplicationState *rs, ReplicationMode mode,
     }
     if (mode == REPLICATION_MODE_SECONDARY &&
         !colo_repl_secondary_start(s, errp)) {
+        return;
+    }
+    if (mode == REPLICATION_MODE_PRIMARY &&
+        !colo_repl_primary_writers_check(bs, errp)) {
         return;
     }
     s->write_error = 0;

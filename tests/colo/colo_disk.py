@@ -34,7 +34,8 @@ def _file(path):
 
 
 class ReplicatedDisk:
-    def __init__(self, workdir, size_mb=64, seed_image=None):
+    def __init__(self, workdir, size_mb=64, seed_image=None,
+                 primary_device=DEVICE):
         self.dir = os.path.join(workdir, "disk")
         os.makedirs(self.dir, exist_ok=True)
         self.primary_image = os.path.join(self.dir, "primary.raw")
@@ -43,6 +44,7 @@ class ReplicatedDisk:
         self.active_image = os.path.join(self.dir, "active.qcow2")
         self.nbd_sock = os.path.join(self.dir, "nbd.sock")
         self.size = size_mb << 20
+        self.primary_device = primary_device
         img = colo_env.tool("qemu-img")
         for path, fmt in ((self.primary_image, "raw"),
                           (self.secondary_image, "raw"),
@@ -65,7 +67,7 @@ class ReplicatedDisk:
                 _blockdev({"node-name": NODE, "driver": "quorum",
                            "read-pattern": "fifo", "vote-threshold": 1,
                            "children": ["pri-disk"]}) +
-                DEVICE)
+                self.primary_device)
 
     def secondary_args(self):
         return (_blockdev({"node-name": "sec-disk", "driver": "raw",

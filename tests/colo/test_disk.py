@@ -12,14 +12,21 @@ and the disks are checked on the host.
                     disk error in the guest
   overlays_empty    under heavy writing, each checkpoint leaves the
                     secondary's overlays empty (and they fill between)
+  other_writers     during COLO, no one but the guest may write its disk
+  shared_writable   a guest disk that lets others write it is refused
 """
 
 import re
 import time
 
-from colo_disk import REPLICA, ReplicatedDisk
-from colo_pair import (checkpoint_stopped, checkpoints, colo_status,
-                       query_guest, start_pair, wait_checkpoints, wait_until)
+import os
+
+import pytest
+
+from colo_disk import DEVICE, NODE, REPLICA, ReplicatedDisk
+from colo_pair import (BOOT_TIMEOUT, READY_RE, X_COLO, checkpoint_stopped, checkpoints,
+                       colo_status, query_guest, start_pair, wait_checkpoints,
+                       wait_until)
 
 
 def guest_stats(bed):
@@ -219,3 +226,58 @@ def test_replica_removed_before_failover(bed, vm_factory, workdir):
         assert ok, report
     finally:
         proxy.close()
+
+
+def test_other_writers(bed, vm_factory, workdir):
+    """Review M6: a writer other than the guest (an NBD export, a block
+    job) would be answered at once, its writes covered by no checkpoint,
+    and could write between a checkpoint's stop and the hold.  During
+    COLO the block layer refuses it: the guest's device shares no write
+    permission on its disk.  COLO goes on."""
+    disk = ReplicatedDisk(workdir)
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             append=disk.guest_append(), disk=disk)
+    pvm.qmp("nbd-server-start",
+            addr={"type": "unix",
+                  "data": {"path": os.path.join(workdir, "pvm-nbd.sock")}})
+    with pytest.raises(Exception, match="permission"):
+        pvm.qmp("block-export-add", {"type": "nbd", "id": "e1",
+                                     "node-name": NODE, "writable": True})
+    pvm.qmp("blockdev-add", {"node-name": "src", "driver": "null-co",
+                             "size": disk.size})
+    with pytest.raises(Exception, match="permission"):
+        pvm.qmp("blockdev-mirror", {"job-id": "j1", "device": "src",
+                                    "target": NODE, "sync": "full"})
+    n = checkpoints(svm)
+    wait_checkpoints(svm, n + 5)
+    assert colo_status(pvm)["mode"] == "primary"
+    assert guest_stats(bed)["disk_errors"] == 0
+
+
+def test_shared_writable(bed, vm_factory, workdir):
+    """A guest disk with share-rw=on lets others write it at any time:
+    the primary refuses to start COLO over it, with an error that names
+    the device; the secondary stays down, its VM never ran, and the
+    primary serves on."""
+    disk = ReplicatedDisk(workdir, primary_device=[
+        DEVICE[0], DEVICE[1] + ",share-rw=on"])
+    pvm = vm_factory("primary", tap="tap-p", append=disk.guest_append(),
+                     extra_args=disk.primary_args())
+    pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
+    port = bed.free_port()
+    svm = vm_factory("secondary", tap="tap-s", append=disk.guest_append(),
+                     incoming="tcp:127.0.0.1:%d" % port,
+                     extra_args=disk.secondary_args())
+    disk.protect(pvm, svm)
+    for vm in (pvm, svm):
+        vm.qmp("migrate-set-capabilities", X_COLO)
+    pvm.qmp("migrate", uri="tcp:127.0.0.1:%d" % port)
+    ev = pvm.wait_event("COLO_EXIT", 120)
+    assert ev["data"] == {"mode": "primary", "reason": "error"}, ev
+    assert "share-rw" in pvm.qmp("query-migrate").get("error-desc", "")
+    ev = svm.wait_event("COLO_EXIT", 30)
+    assert ev["data"] == {"mode": "secondary", "reason": "error"}, ev
+    assert svm.qmp("query-status")["status"] != "running"
+    assert pvm.qmp("query-status")["status"] == "running"
+    before = wait_writing(bed, 0)
+    assert wait_writing(bed, before + 20) > before
