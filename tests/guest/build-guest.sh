@@ -4,6 +4,11 @@
 #                      currently depends on), extracted with dpkg-deb -x
 #   initrd.img         gzip'd newc cpio: busybox, /init, virtio modules (only
 #                      those that are modules in that kernel), the agent
+#   initrd-redis.img   initrd.img with a second archive appended: Debian's
+#                      redis server (redis-tools' redis-check-rdb, which the
+#                      redis-server package links as /usr/bin/redis-server)
+#                      and the libraries it needs, for the key-value
+#                      benchmark (built when that binary is installed)
 #   colo-guest-agent   the static guest agent (also inside the initrd)
 #   colo-disk-verify   host-side disk image verifier
 #   guest-info         kernel package/version/release and module load order
@@ -17,6 +22,7 @@
 #   COLO_GUEST_KERNEL_META  meta package to resolve (linux-image-cloud-amd64)
 #   COLO_GUEST_KERNEL_DEB   use this kernel .deb instead of resolving one
 #   COLO_GUEST_BUSYBOX      static busybox binary (default /bin/busybox)
+#   COLO_GUEST_REDIS        redis server binary (default /usr/bin/redis-check-rdb)
 #   GUEST_CC                compiler for the static agent (default gcc)
 #   CC                      compiler for colo-disk-verify (default cc)
 set -eu
@@ -39,6 +45,7 @@ OUTDIR=$(cd "$1" && pwd)
 CACHE=${COLO_CACHE:-$HOME/.cache/colo-qemu}/guest
 KMETA=${COLO_GUEST_KERNEL_META:-linux-image-cloud-amd64}
 BUSYBOX=${COLO_GUEST_BUSYBOX:-/bin/busybox}
+REDIS=${COLO_GUEST_REDIS:-/usr/bin/redis-check-rdb}
 GUEST_CC=${GUEST_CC:-gcc}
 HOST_CC=${CC:-cc}
 AGENT_CFLAGS="-O2 -static -Wall -Wextra -Werror -pthread"
@@ -365,4 +372,31 @@ if ! up_to_date initrd "$fp" "$OUTDIR/initrd.img" "$OUTDIR/guest-info"; then
         echo "MODULES=${mods[*]}"
     } >"$OUTDIR/guest-info"
     stamp initrd "$fp"
+fi
+
+# initrd-redis: the initrd, then an archive with the redis server and the
+# host's copies of its libraries (the same Debian release).
+if [ -x "$REDIS" ]; then
+    redis_libs=$(ldd "$REDIS" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }
+                                      $1 ~ /^\// { print $1 }' | LC_ALL=C sort -u)
+    # shellcheck disable=SC2086
+    fp=$(fingerprint "$REDIS" $redis_libs "$OUTDIR/initrd.img")
+    if ! up_to_date redis "$fp" "$OUTDIR/initrd-redis.img"; then
+        mktmp "$OUTDIR"
+        root=$TMPD/root
+        mkdir -p "$root/usr/bin"
+        install -m 0755 "$REDIS" "$root/usr/bin/redis-server"
+        for lib in $redis_libs; do
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        done
+        find "$root" -exec touch -h -d @0 {} +
+        {
+            cat "$OUTDIR/initrd.img"
+            (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+                cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -n -6
+        } >"$OUTDIR/.initrd-redis.img.tmp"
+        mv "$OUTDIR/.initrd-redis.img.tmp" "$OUTDIR/initrd-redis.img"
+        stamp redis "$fp"
+    fi
 fi
