@@ -717,11 +717,11 @@ static bool GRAPH_RDLOCK colo_repl_below(BlockDriverState *top,
  * Primary mode: only the guest may write the disk above this node.  A
  * checkpoint covers what the guest wrote because its completions reach
  * the guest, and so its output, only after the checkpoint that holds them;
- * another writer (an NBD export, a block job, a device that lets others
- * write with share-rw=on) is answered at once and could write between a
- * checkpoint's stop and the hold.  With the guest's device the only writer
- * and sharing no write permission, the block layer refuses any new writer
- * for as long as COLO runs.
+ * another writer (an NBD export, a block job) is answered at once and
+ * could write between a checkpoint's stop and the hold.  A writer that
+ * shares no write permission keeps every other one out, for as long as
+ * COLO runs: so refuse a writer that shares it (a device with
+ * share-rw=on, an export or job that allows others).
  */
 static bool colo_repl_primary_writers_check(BlockDriverState *bs,
                                             Error **errp)
@@ -737,28 +737,26 @@ static bool colo_repl_primary_writers_check(BlockDriverState *bs,
             continue;
         }
         blk_get_perm(blk, &perm, &shared);
-        if (!blk_get_attached_dev(blk)) {
-            if (perm & BLK_PERM_WRITE) {
-                error_setg(errp, "replication: %s%s%s writes the disk above "
-                           "node '%s' and is not the guest: its writes "
-                           "would escape the checkpoints",
-                           *blk_name(blk) ? "'" : "",
-                           *blk_name(blk) ? blk_name(blk) :
-                           "a block export or job",
-                           *blk_name(blk) ? "'" : "",
-                           bdrv_get_node_name(bs));
-                return false;
-            }
+        if (!(perm & BLK_PERM_WRITE) || !(shared & BLK_PERM_WRITE)) {
             continue;
         }
-        if (shared & BLK_PERM_WRITE) {
+        if (blk_get_attached_dev(blk)) {
             dev = blk_get_attached_dev_id(blk);
             error_setg(errp, "replication: device '%s' lets others write "
                        "the disk above node '%s' (share-rw=on): their "
                        "writes would escape the checkpoints", dev,
                        bdrv_get_node_name(bs));
-            return false;
+        } else {
+            error_setg(errp, "replication: %s%s%s writes the disk above "
+                       "node '%s' and lets others write it: their writes "
+                       "would escape the checkpoints",
+                       *blk_name(blk) ? "'" : "",
+                       *blk_name(blk) ? blk_name(blk) :
+                       "a block export or job",
+                       *blk_name(blk) ? "'" : "",
+                       bdrv_get_node_name(bs));
         }
+        return false;
     }
     return true;
 }

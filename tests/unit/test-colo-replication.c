@@ -99,14 +99,25 @@ static BlockDriverState *open_node(const char *name, const char *driver,
     return bdrv_open(NULL, NULL, opts, BDRV_O_RDWR, &error_abort);
 }
 
-static BlockBackend *backend(BlockDriverState *bs)
+static BlockBackend *backend_sharing(BlockDriverState *bs, uint64_t shared)
 {
     BlockBackend *blk = blk_new(qemu_get_aio_context(),
                                 BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                                BLK_PERM_ALL);
+                                shared);
 
     blk_insert_bs(blk, bs, &error_abort);
     return blk;
+}
+
+static BlockBackend *backend(BlockDriverState *bs)
+{
+    return backend_sharing(bs, BLK_PERM_ALL);
+}
+
+/* A primary's guest disk: one writer, which lets no other write. */
+static BlockBackend *guest_backend(BlockDriverState *bs)
+{
+    return backend_sharing(bs, BLK_PERM_ALL & ~BLK_PERM_WRITE);
 }
 
 static int write_pattern(BlockBackend *blk, int64_t offset, uint8_t fill)
@@ -355,8 +366,8 @@ static BlockBackend *primary_held(const char *target)
     BlockBackend *blk;
 
     open_node("target", "raw", target, NULL, NULL, NULL);
-    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
-                            "primary"));
+    blk = guest_backend(open_node("repl", "replication", NULL, "target",
+                                  NULL, "primary"));
     ck_assert_ptr_null(start(REPLICATION_MODE_PRIMARY));
     replication_hold_writes_all();
     return blk;
@@ -393,8 +404,35 @@ static BlockBackend *primary_failing_writes(void)
     qdict_put_str(opts, "file.inject-error.0.errno", "5");
     qdict_put_str(opts, "file.image.driver", "file");
     qdict_put_str(opts, "file.image.filename", target);
-    return backend(bdrv_open(NULL, NULL, opts, BDRV_O_RDWR, &error_abort));
+    return guest_backend(bdrv_open(NULL, NULL, opts, BDRV_O_RDWR,
+                                   &error_abort));
 }
+
+/*
+ * A writer above a primary node that lets others write (share-rw=on, an
+ * export allowing writers) could write between a checkpoint's stop and
+ * the hold: the node refuses to start; with that writer gone, it starts.
+ */
+START_TEST(primary_refuses_shared_writers)
+{
+    g_autofree char *target = image("target.raw", "raw", 0);
+    BlockBackend *blk;
+    Error *err;
+
+    open_node("target", "raw", target, NULL, NULL, NULL);
+    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
+                            "primary"));
+    err = start(REPLICATION_MODE_PRIMARY);
+    ck_assert_ptr_nonnull(err);
+    ck_assert(strstr(error_get_pretty(err), "lets others write"));
+    error_free(err);
+    blk_set_perm(blk, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                 BLK_PERM_ALL & ~BLK_PERM_WRITE, &error_abort);
+    ck_assert_ptr_null(start(REPLICATION_MODE_PRIMARY));
+    ck_assert_ptr_null(stop(0));
+    blk_unref(blk);
+}
+END_TEST
 
 START_TEST(primary_passes_through_before_start)
 {
@@ -402,8 +440,8 @@ START_TEST(primary_passes_through_before_start)
     BlockBackend *blk;
 
     open_node("target", "raw", target, NULL, NULL, NULL);
-    blk = backend(open_node("repl", "replication", NULL, "target", NULL,
-                            "primary"));
+    blk = guest_backend(open_node("repl", "replication", NULL, "target",
+                                  NULL, "primary"));
     /* Before COLO (the initial migration): writes go straight through. */
     replication_hold_writes_all();
     ck_assert_int_eq(write_pattern(blk, 0, 0x66), 0);
@@ -604,6 +642,7 @@ static Suite *replication_suite(void)
     tcase_add_test(tc, wrong_mode_and_state);
     tcase_add_test(tc, failed_start_undoes);
     tcase_add_test(tc, primary_passes_through_before_start);
+    tcase_add_test(tc, primary_refuses_shared_writers);
     tcase_add_test(tc, primary_holds_writes);
     tcase_add_test(tc, primary_stop_releases_and_detaches);
     tcase_add_test(tc, primary_drained_hold_is_bounded);
