@@ -24,6 +24,7 @@
 #include "block/aio.h"
 #include "io/channel-buffer.h"
 #include "block/replication.h"
+#include "exec/memory.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration/colo.h"
@@ -157,10 +158,19 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
      */
     ok = colo_secondary_layout_unchanged(c, errp);
     if (ok) {
+        /*
+         * The reset unmaps what the load maps again (BARs, ROM aliases,
+         * the APIC's page): one memory transaction makes that one update
+         * of the address spaces instead of dozens, about a third of the
+         * load.  Meanwhile accesses see the map of the last checkpoint,
+         * whose RAM is where this one's is.
+         */
+        memory_region_transaction_begin();
         qemu_system_reset(SHUTDOWN_CAUSE_NONE);
         colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
         ok = colo_secondary_load_devices(body + 8 + ram_len,
                                          len - 8 - ram_len, errp);
+        memory_region_transaction_commit();
     }
     bql_unlock();
     if (!ok) {
