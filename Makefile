@@ -71,6 +71,7 @@ bench: build
 	@sh scripts/build-base-colo.sh $(BUILD)/base-colo
 	@$(PY) tests/colo/bench.py $(BENCH_ARGS)
 	@$(PY) tests/colo/bench_disk.py $(BENCH_DISK_ARGS)
+	@$(PY) tests/colo/bench_kv.py $(BENCH_KV_ARGS)
 
 check-base-colo-absent: qemu
 	@sh scripts/check-no-base-colo.sh $(BUILD)

@@ -32,8 +32,18 @@ bool colo_output_start(const ColoOutputHooks *hooks, Error **errp);
  */
 void colo_output_seal(void);
 
-/* The sealed output's checkpoint is safe: let it go (BQL held). */
-void colo_output_release(void);
+/* How long released output was held (colo_output_release()). */
+typedef struct ColoOutputHoldTimes {
+    uint64_t packets;           /* released */
+    uint64_t total_us;          /* their time held, summed */
+    uint64_t max_us;            /* the longest any of them was held */
+} ColoOutputHoldTimes;
+
+/*
+ * The sealed output's checkpoint is safe: let it go (BQL held), and add
+ * to @times how long it was held.
+ */
+void colo_output_release(ColoOutputHoldTimes *times);
 
 /*
  * Leaving COLO: stop holding (BQL held).  What is held is covered by no

@@ -22,7 +22,20 @@ typedef struct ColoStats {
     uint64_t pages_last;        /* dirty pages carried, last */
     uint64_t pages_total;
     uint64_t received_last_us;  /* primary: VM stop to the secondary's ack */
+    /* Primary: see COLOOutputStats. */
+    uint64_t by_cause[3];       /* indexed by ColoCheckpointCause */
+    uint64_t held_packets;
+    uint64_t hold_total_us;
+    uint64_t hold_max_us;
+    uint64_t in_flight;
 } ColoStats;
+
+/* Why the primary took a checkpoint. */
+typedef enum ColoCheckpointCause {
+    COLO_CAUSE_PERIOD,          /* x-checkpoint-delay passed */
+    COLO_CAUSE_OUTPUT,          /* held output (x-colo-output-delay) */
+    COLO_CAUSE_REQUEST,         /* x-colo-checkpoint */
+} ColoCheckpointCause;
 
 typedef struct ColoState {
     /* Protects mode, last_mode, reason, stats and the channel. */
@@ -38,7 +51,7 @@ typedef struct ColoState {
     QEMUFile *from_peer;
     /* Requests to the running side (atomic); the semaphore wakes it. */
     bool checkpoint_requested;
-    int64_t output_due_ms;      /* a checkpoint for held output, or 0 */
+    int64_t output_due_us;      /* a checkpoint for held output, or 0 */
     bool exit_requested;
     bool guest_shutdown;        /* the guest powered off: both sides end */
     bool quitting;              /* this QEMU exits: it will not serve */
@@ -99,6 +112,17 @@ void colo_failover_end(void);
 /* Add one checkpoint to the statistics. */
 void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
                     uint64_t received_us);
+
+/*
+ * Primary: add why a checkpoint was taken, how long the output it
+ * released was held, and how many checkpoints are now in flight.
+ */
+void colo_stats_add_output(ColoCheckpointCause cause, uint64_t packets,
+                           uint64_t hold_total_us, uint64_t hold_max_us,
+                           uint64_t in_flight);
+
+/* Primary: checkpoints sent that the secondary has not loaded yet. */
+void colo_stats_set_in_flight(uint64_t in_flight);
 
 
 /* The two sides' loops. */

@@ -125,7 +125,7 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     colo_state.to_peer = to;
     colo_state.from_peer = from;
     qatomic_set(&colo_state.checkpoint_requested, false);
-    qatomic_set(&colo_state.output_due_ms, 0);
+    qatomic_set(&colo_state.output_due_us, 0);
     colo_state.arbitrated = migrate_colo_arbitrated();
     /* A cancel that came since the migration reached COLO state stands. */
     qatomic_set(&colo_state.exit_requested,
@@ -250,6 +250,28 @@ void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
     qemu_mutex_unlock(&colo_state.lock);
 }
 
+void colo_stats_add_output(ColoCheckpointCause cause, uint64_t packets,
+                           uint64_t hold_total_us, uint64_t hold_max_us,
+                           uint64_t in_flight)
+{
+    ColoStats *st = &colo_state.stats;
+
+    qemu_mutex_lock(&colo_state.lock);
+    st->by_cause[cause]++;
+    st->held_packets += packets;
+    st->hold_total_us += hold_total_us;
+    st->hold_max_us = MAX(st->hold_max_us, hold_max_us);
+    st->in_flight = in_flight;
+    qemu_mutex_unlock(&colo_state.lock);
+}
+
+void colo_stats_set_in_flight(uint64_t in_flight)
+{
+    qemu_mutex_lock(&colo_state.lock);
+    colo_state.stats.in_flight = in_flight;
+    qemu_mutex_unlock(&colo_state.lock);
+}
+
 /* A new x-checkpoint-delay applies at once: wake the primary to re-plan. */
 void colo_checkpoint_delay_set(void)
 {
@@ -369,8 +391,20 @@ COLOStatus *qmp_query_colo_status(Error **errp)
     cs->pages_last = s->pages_last;
     cs->pages_total = s->pages_total;
     if (colo_state.last_mode == COLO_MODE_PRIMARY) {
+        COLOOutputStats *os = g_new0(COLOOutputStats, 1);
+
         cs->has_received_last_us = true;
         cs->received_last_us = s->received_last_us;
+        os->by_period = s->by_cause[COLO_CAUSE_PERIOD];
+        os->by_output = s->by_cause[COLO_CAUSE_OUTPUT];
+        os->by_request = s->by_cause[COLO_CAUSE_REQUEST];
+        os->held_packets = s->held_packets;
+        os->hold_mean_us = s->held_packets ?
+                           s->hold_total_us / s->held_packets : 0;
+        os->hold_max_us = s->hold_max_us;
+        os->in_flight = colo_state.mode == COLO_MODE_PRIMARY ?
+                        s->in_flight : 0;
+        st->x_output = os;
     }
     qemu_mutex_unlock(&colo_state.lock);
     st->stats = cs;
@@ -401,6 +435,17 @@ void hmp_info_colo(Monitor *mon, const QDict *qdict)
     if (cs->has_received_last_us) {
         monitor_printf(mon, "secondary's ack: %" PRIu64 " us after the stop\n",
                        cs->received_last_us);
+    }
+    if (st->x_output) {
+        COLOOutputStats *os = st->x_output;
+
+        monitor_printf(mon, "checkpoints by cause: period %" PRIu64
+                       ", output %" PRIu64 ", request %" PRIu64
+                       "; in flight %" PRIu64 "\n", os->by_period,
+                       os->by_output, os->by_request, os->in_flight);
+        monitor_printf(mon, "output held: %" PRIu64 " packets, mean %" PRIu64
+                       " us, max %" PRIu64 " us\n", os->held_packets,
+                       os->hold_mean_us, os->hold_max_us);
     }
     monitor_printf(mon, "silence timeout: %u ms; peer %s (last heard %"
                    PRIu64 " ms ago)\n", st->x_liveness->silence_timeout,

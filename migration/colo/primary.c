@@ -40,6 +40,7 @@ typedef struct ColoPrimary {
     QEMUFile *to;               /* forward channel */
     QEMUFile *from;             /* return channel */
     uint64_t seq;               /* last checkpoint sent */
+    ColoAcks acks;              /* the secondary's acknowledgements */
     ColoBuf ram;                /* checkpoint: be64 RAM length + records */
     ColoBuf reply;              /* last message from the secondary */
     bool resumed;               /* COLO gave the VM its run state back */
@@ -73,6 +74,47 @@ static QEMUFile *colo_primary_save_devices(QIOChannelBuffer *bioc,
  * secondary's disk too: a wait on the secondary, which the heartbeat
  * bounds (a silent secondary's NBD connection is yanked).
  */
+/*
+ * Read the secondary's messages until @type about checkpoint @seq.  On the
+ * way, acknowledgements of earlier checkpoints are recorded: the LOADED of
+ * a checkpoint comes after the primary went on at its RECEIVED.
+ */
+static bool colo_primary_await(ColoPrimary *p, ColoMsgType type,
+                               uint64_t seq, Error **errp)
+{
+    ColoMsgHeader hdr;
+
+    for (;;) {
+        if ((type == COLO_MSG_RECEIVED && p->acks.received >= seq) ||
+            (type == COLO_MSG_LOADED && p->acks.loaded >= seq)) {
+            return true;
+        }
+        /* Only control messages come this way: no checkpoint. */
+        if (!colo_msg_recv(p->from, &hdr, &p->reply, 0, errp)) {
+            return false;
+        }
+        if (hdr.type == COLO_MSG_ERROR) {
+            error_setg(errp, "COLO peer failed: %.*s", (int)p->reply.len,
+                       (const char *)p->reply.data);
+            return false;
+        }
+        if (hdr.type == COLO_MSG_RECEIVED || hdr.type == COLO_MSG_LOADED) {
+            if (!colo_acks_take(&p->acks, hdr.type, hdr.seq, errp)) {
+                return false;
+            }
+            colo_stats_set_in_flight(p->acks.sent - p->acks.loaded);
+            continue;
+        }
+        if (hdr.type != type || hdr.seq != seq) {
+            error_setg(errp, "COLO expected %s %" PRIu64 ", got %s %" PRIu64,
+                       colo_msg_name(type), seq, colo_msg_name(hdr.type),
+                       hdr.seq);
+            return false;
+        }
+        return true;
+    }
+}
+
 static void colo_primary_stop_drain(RunState state)
 {
     colo_heartbeat_wait_begin();
@@ -80,16 +122,29 @@ static void colo_primary_stop_drain(RunState state)
     colo_heartbeat_wait_end();
 }
 
-static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
+static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
+                                    Error **errp)
 {
     ERRP_GUARD();
     g_autoptr(QIOChannelBuffer) bioc = qio_channel_buffer_new(256 * KiB);
     g_autoptr(QEMUFile) devices = NULL;
     ColoRamStats ram_stats;
+    ColoOutputHoldTimes held = { 0 };
     bool was_live, ok;
     int64_t t_stop, t_resume, t_received;
     struct iovec iov[2];
     uint64_t seq = p->seq + 1;
+
+    /*
+     * The secondary may still be loading the previous checkpoint; one
+     * more may be on its way, not two (colo_acks_may_send()).
+     */
+    while (!colo_acks_may_send(&p->acks)) {
+        if (!colo_primary_await(p, COLO_MSG_LOADED, p->acks.loaded + 1,
+                                errp)) {
+            return false;
+        }
+    }
 
     /* The RAM part's length comes first; it is known after the capture. */
     p->ram.len = 0;
@@ -149,20 +204,24 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
         return false;
     }
     p->seq = seq;
-    if (!colo_msg_expect(p->from, COLO_MSG_RECEIVED, seq, &p->reply, errp)) {
+    colo_acks_sent(&p->acks, seq);
+    if (!colo_primary_await(p, COLO_MSG_RECEIVED, seq, errp)) {
         return false;
     }
     t_received = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     /* Not under the BQL: a drain in the main loop may be waiting for it. */
     replication_release_writes_all();
     bql_lock();
-    colo_output_release();
+    colo_output_release(&held);
     bql_unlock();
-    if (!colo_msg_expect(p->from, COLO_MSG_LOADED, seq, &p->reply, errp)) {
-        return false;
-    }
+    /*
+     * Pipelined: the next checkpoint may be captured while the secondary
+     * loads this one; its LOADED is read on the way to the next RECEIVED.
+     */
     colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
                    ram_stats.pages, t_received - t_stop);
+    colo_stats_add_output(cause, held.packets, held.total_us, held.max_us,
+                          p->acks.sent - p->acks.loaded);
     trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
                                t_received - t_stop);
     return true;
@@ -172,37 +231,53 @@ static bool colo_primary_checkpoint(ColoPrimary *p, Error **errp)
 static bool colo_primary_heartbeat(ColoPrimary *p, Error **errp)
 {
     return colo_msg_send_empty(p->to, COLO_MSG_HEARTBEAT, p->seq, errp) &&
-           colo_msg_expect(p->from, COLO_MSG_HEARTBEAT, p->seq, &p->reply,
-                           errp);
+           colo_primary_await(p, COLO_MSG_HEARTBEAT, p->seq, errp);
+}
+
+/* Whether a checkpoint is due at @now, and why. */
+static bool colo_primary_due(int64_t now, int64_t period_due,
+                             int64_t output_due, ColoCheckpointCause *cause)
+{
+    if (qatomic_xchg(&colo_state.checkpoint_requested, false)) {
+        *cause = COLO_CAUSE_REQUEST;
+    } else if (output_due && now >= output_due) {
+        *cause = COLO_CAUSE_OUTPUT;
+    } else if (now >= period_due) {
+        *cause = COLO_CAUSE_PERIOD;
+    } else {
+        return false;
+    }
+    return true;
 }
 
 /*
  * Wait until the next checkpoint is due: the period since the start of
- * the previous one has elapsed, or one was requested.  Meanwhile, keep
- * the secondary hearing from us, and hear from it.  Returns false when
- * COLO is to end instead, with @errp set if the secondary failed us.
+ * the previous one has elapsed, output is held (x-colo-output-delay), or
+ * one was requested.  Meanwhile, keep the secondary hearing from us, and
+ * hear from it.  Returns false when COLO is to end instead, with @errp set
+ * if the secondary failed us.  Times are in microseconds: an output-driven
+ * checkpoint is due a millisecond or so after the reply it covers, which
+ * a wait in whole milliseconds would double.
  */
-static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
-                              Error **errp)
+static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_us,
+                              ColoCheckpointCause *cause, Error **errp)
 {
     for (;;) {
-        int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-        int64_t due = last_start_ms + migrate_checkpoint_delay();
-        int64_t output_due = qatomic_read(&colo_state.output_due_ms);
+        int64_t now = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+        int64_t due = last_start_us +
+                      (int64_t)migrate_checkpoint_delay() * 1000;
+        int64_t output_due = qatomic_read(&colo_state.output_due_us);
         /* The heartbeat counts every message as a word. */
-        int64_t beat = now + colo_heartbeat_interval_ms() -
-                       colo_heartbeat_quiet_ms();
+        int64_t beat = now + (colo_heartbeat_interval_ms() -
+                              (int64_t)colo_heartbeat_quiet_ms()) * 1000;
+        int64_t wait_us;
 
         if (qatomic_read(&colo_state.exit_requested)) {
             return false;
         }
-        if (output_due) {
-            due = MIN(due, output_due);
-        }
-        if (qatomic_xchg(&colo_state.checkpoint_requested, false) ||
-            now >= due) {
+        if (colo_primary_due(now, due, output_due, cause)) {
             /* Output held from here on is this checkpoint's, or after. */
-            qatomic_set(&colo_state.output_due_ms, 0);
+            qatomic_set(&colo_state.output_due_us, 0);
             return true;
         }
         if (now >= beat) {
@@ -211,16 +286,25 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_ms,
             }
             continue;
         }
+        wait_us = MIN(due, beat) - now;
+        if (output_due) {
+            wait_us = MIN(wait_us, output_due - now);
+        }
+        if (wait_us < 1000) {
+            /* Less than the semaphore's millisecond: sleep it out. */
+            g_usleep(wait_us);
+            continue;
+        }
         /* x-checkpoint-delay is 32-bit unsigned: more than an int holds. */
-        qemu_sem_timedwait(&colo_state.kick, MIN(MIN(due, beat) - now,
-                                                 INT_MAX));
+        qemu_sem_timedwait(&colo_state.kick, MIN(wait_us / 1000, INT_MAX));
     }
 }
 
 /* Output of this epoch piles up: end the epoch now (BQL held). */
 static void colo_primary_output_pressure(void)
 {
-    qatomic_set(&colo_state.checkpoint_requested, true);
+    /* Due since long: output-driven, whatever x-colo-output-delay says. */
+    qatomic_set(&colo_state.output_due_us, 1);
     qemu_sem_post(&colo_state.kick);
 }
 
@@ -233,8 +317,8 @@ static void colo_primary_output_held(void)
     uint32_t delay = migrate_colo_output_delay();
 
     if (delay &&
-        !qatomic_cmpxchg(&colo_state.output_due_ms, 0,
-                         qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + delay)) {
+        !qatomic_cmpxchg(&colo_state.output_due_us, 0,
+                         qemu_clock_get_us(QEMU_CLOCK_REALTIME) + delay)) {
         qemu_sem_post(&colo_state.kick);
     }
 }
@@ -295,11 +379,13 @@ void colo_primary_run(MigrationState *s)
     bool serving;
 
     if (colo_primary_start(&p, &err)) {
-        int64_t start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+        int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
 
-        while (colo_primary_wait(&p, start, &err)) {
-            start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-            if (!colo_primary_checkpoint(&p, &err)) {
+        ColoCheckpointCause cause;
+
+        while (colo_primary_wait(&p, start, &cause, &err)) {
+            start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+            if (!colo_primary_checkpoint(&p, cause, &err)) {
                 break;
             }
         }

@@ -344,3 +344,33 @@ bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,
     }
     return true;
 }
+
+bool colo_acks_may_send(const ColoAcks *a)
+{
+    return a->received == a->sent && a->loaded + 1 >= a->received;
+}
+
+void colo_acks_sent(ColoAcks *a, uint64_t seq)
+{
+    assert(colo_acks_may_send(a) && seq == a->sent + 1);
+    a->sent = seq;
+}
+
+bool colo_acks_take(ColoAcks *a, ColoMsgType type, uint64_t seq,
+                    Error **errp)
+{
+    if (type == COLO_MSG_RECEIVED && seq == a->received + 1 &&
+        seq <= a->sent) {
+        a->received = seq;
+        return true;
+    }
+    if (type == COLO_MSG_LOADED && seq == a->loaded + 1 &&
+        seq <= a->received) {
+        a->loaded = seq;
+        return true;
+    }
+    error_setg(errp, "COLO: unexpected %s %" PRIu64 " (checkpoints sent %"
+               PRIu64 ", received %" PRIu64 ", loaded %" PRIu64 ")",
+               colo_msg_name(type), seq, a->sent, a->received, a->loaded);
+    return false;
+}

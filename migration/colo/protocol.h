@@ -135,4 +135,36 @@ bool colo_msg_recv(QEMUFile *f, ColoMsgHeader *hdr, ColoBuf *payload,
 bool colo_msg_expect(QEMUFile *f, ColoMsgType type, uint64_t seq,
                      ColoBuf *payload, Error **errp);
 
+/*
+ * The primary's record of the secondary's acknowledgements.  Each
+ * checkpoint is acknowledged twice, in order: RECEIVED once the
+ * secondary holds it whole, LOADED once the SVM stands at it.  The
+ * primary goes on at RECEIVED (the output the checkpoint covers is safe
+ * then), so the secondary loads checkpoint N while N+1 is captured and
+ * sent, and LOADED of N comes while the primary awaits RECEIVED of N+1.
+ */
+typedef struct ColoAcks {
+    uint64_t sent;              /* last checkpoint sent */
+    uint64_t received;          /* last RECEIVED */
+    uint64_t loaded;            /* last LOADED */
+} ColoAcks;
+
+/*
+ * Whether the next checkpoint may go out: the last one is RECEIVED, and
+ * the SVM is at most one checkpoint behind it.  So at most two are in
+ * flight: one the secondary loads, one on its way (a buffer each side).
+ */
+bool colo_acks_may_send(const ColoAcks *a);
+
+/* Checkpoint @seq goes out (colo_acks_may_send() held). */
+void colo_acks_sent(ColoAcks *a, uint64_t seq);
+
+/*
+ * Record an acknowledgement (@type RECEIVED or LOADED) of checkpoint
+ * @seq; refused unless it is the next of its kind for a checkpoint sent,
+ * and for LOADED, received.
+ */
+bool colo_acks_take(ColoAcks *a, ColoMsgType type, uint64_t seq,
+                    Error **errp);
+
 #endif

@@ -27,6 +27,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-types-net.h"
 #include "qemu/iov.h"
+#include "qemu/timer.h"
 #include "qom/object.h"
 #include "qom/object_interfaces.h"
 #include "net/filter.h"
@@ -44,6 +45,13 @@ struct ColoOutputState {
     NetQueue *pending;
     NetQueue *sealed;
     uint32_t pending_len;       /* packets in pending */
+    uint32_t sealed_len;
+    /*
+     * For the time output is held: when each queue's first packet came,
+     * and the sum of when each came (QEMU_CLOCK_REALTIME, us).
+     */
+    uint64_t pending_first_us, pending_sum_us;
+    uint64_t sealed_first_us, sealed_sum_us;
 };
 
 /*
@@ -84,12 +92,12 @@ static void colo_output_judge_held(NetFilterState *nf, ColoOutputVerdict v)
     case COLO_OUTPUT_PASS:
         colo_output_flush(nf, s->sealed);
         colo_output_flush(nf, s->pending);
-        s->pending_len = 0;
+        s->pending_len = s->sealed_len = 0;
         break;
     case COLO_OUTPUT_DROP:
         qemu_net_queue_purge(s->sealed, nf->netdev->peer);
         qemu_net_queue_purge(s->pending, nf->netdev->peer);
-        s->pending_len = 0;
+        s->pending_len = s->sealed_len = 0;
         break;
     case COLO_OUTPUT_HOLD:
         break;
@@ -103,6 +111,7 @@ static ssize_t colo_output_receive_iov(NetFilterState *nf,
                                        NetPacketSent *sent_cb)
 {
     ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
+    uint64_t now;
 
     if (colo_output_judge) {
         ColoOutputVerdict v = colo_output_judge();
@@ -122,7 +131,12 @@ static ssize_t colo_output_receive_iov(NetFilterState *nf,
         return iov_size(iov, iovcnt);
     }
     qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
-    s->pending_len++;
+    now = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    if (!s->pending_len++) {
+        s->pending_first_us = now;
+        s->pending_sum_us = 0;
+    }
+    s->pending_sum_us += now;
     if (colo_output_hooks && !colo_output_judge) {
         if (s->pending_len == 1 && colo_output_hooks->first_held) {
             colo_output_hooks->first_held();
@@ -262,17 +276,29 @@ void colo_output_seal(void)
         colo_output_flush(nf, q);
         s->sealed = s->pending;
         s->pending = q;
+        s->sealed_len = s->pending_len;
+        s->sealed_first_us = s->pending_first_us;
+        s->sealed_sum_us = s->pending_sum_us;
         s->pending_len = 0;
     }
 }
 
-void colo_output_release(void)
+void colo_output_release(ColoOutputHoldTimes *times)
 {
+    uint64_t now = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+
     for (guint i = 0; colo_output_filters && i < colo_output_filters->len;
          i++) {
         NetFilterState *nf = g_ptr_array_index(colo_output_filters, i);
+        ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
 
-        colo_output_flush(nf, FILTER_COLO_OUTPUT(nf)->sealed);
+        colo_output_flush(nf, s->sealed);
+        if (s->sealed_len) {
+            times->packets += s->sealed_len;
+            times->total_us += s->sealed_len * now - s->sealed_sum_us;
+            times->max_us = MAX(times->max_us, now - s->sealed_first_us);
+            s->sealed_len = 0;
+        }
     }
 }
 

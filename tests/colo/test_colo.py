@@ -318,19 +318,32 @@ def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
     pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=1000)
     assert pvm.qmp("query-migrate-parameters")["x-colo-output-delay"] == 0
     with pytest.raises(Exception):
-        pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 60001})
+        pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 1000001})
     client = counter(interval=0.02, timeout=30, duration=600)
     client.wait_replies(3, 60)
     t0 = time.monotonic()
     client.wait_replies(5, 60, after=t0)
     periodic = reply_times(client.out, t0, time.monotonic())
     pvm.hmp("migrate_set_parameter x-colo-output-delay 1")
-    assert "x-colo-output-delay: 1 ms" in pvm.hmp("info migrate_parameters")
+    assert "x-colo-output-delay: 1 us" in pvm.hmp("info migrate_parameters")
     client.wait_replies(3, 30, after=time.monotonic())
     t1, n1 = time.monotonic(), checkpoints(pvm)
+    out1 = colo_status(pvm)["x-output"]
     client.wait_replies(100, 60, after=t1)
     t2, n2 = time.monotonic(), checkpoints(pvm)
+    out2 = colo_status(pvm)["x-output"]
     driven = reply_times(client.out, t1, t2)
+    # Why each checkpoint was taken, and how long output was held.
+    by_output = out2["by-output"] - out1["by-output"]
+    by_period = out2["by-period"] - out1["by-period"]
+    assert by_output >= 0.9 * (n2 - n1) and by_period <= 0.1 * (n2 - n1) + 1, \
+        (out1, out2, n2 - n1)
+    assert out1["by-period"] >= 3, out1
+    assert out2["held-packets"] > out1["held-packets"] + 100, (out1, out2)
+    assert out2["in-flight"] <= 2, out2
+    info = pvm.hmp("info colo")
+    assert "checkpoints by cause: period" in info and "output held:" in info
+    assert colo_status(svm).get("x-output") is None
     client.stop()
     assert_client_ok(CounterLog(client.out))
     # Idle (no client): the period alone, 1 s.
@@ -341,6 +354,10 @@ def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
               "driven_rtt_median_s": driven[len(driven) // 2],
               "driven_rtt_max_s": driven[-1],
               "driven_checkpoints_per_s": round((n2 - n1) / (t2 - t1), 1),
+              "driven_hold_mean_ms": round(
+                  (out2["hold-mean-us"] * out2["held-packets"] -
+                   out1["hold-mean-us"] * out1["held-packets"]) /
+                  (out2["held-packets"] - out1["held-packets"]) / 1000, 2),
               "idle_checkpoints_in_5s": idle}
     with open(os.path.join(results_dir, "output-driven.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -51,7 +51,7 @@ class QemuVM:
                  append="", extra_args=(), incoming=None, kernel=None,
                  initrd=None, mac=GUEST_MAC, guest_ip=GUEST_IP,
                  guest_port=GUEST_PORT, qmp_timeout=60.0, qemu=None,
-                 machine="pc", net_hub=False):
+                 machine="pc", net_hub=False, tap_opts=""):
         self.bed = bed
         self.name = name
         self.dir = os.path.join(workdir, name)
@@ -71,6 +71,7 @@ class QemuVM:
         self.qemu = qemu            # another QEMU binary than the build's
         self.machine = machine      # "none": no guest, block layer only
         self.net_hub = net_hub      # NIC and tap joined through a hub
+        self.tap_opts = tap_opts    # more options of the tap netdev
         self.sock_path = os.path.join(self.dir, "qmp.sock")
         self.serial_path = os.path.join(self.dir, "serial.log")
         self.stderr_path = os.path.join(self.dir, "stderr.log")
@@ -115,8 +116,8 @@ class QemuVM:
               "-append", self.kernel_cmdline()]
         a += colo_env.firmware_args()
         if self.tap:
-            a += ["-netdev", "tap,id=hn0,ifname=%s,script=no,downscript=no"
-                  % self.tap]
+            a += ["-netdev", "tap,id=hn0,ifname=%s,script=no,downscript=no%s"
+                  % (self.tap, "," + self.tap_opts if self.tap_opts else "")]
             nic = "hn0"
             if self.net_hub:
                 a += ["-netdev", "hubport,id=hub-tap,hubid=0,netdev=hn0",

@@ -448,6 +448,66 @@ START_TEST(test_checkpoint_length_is_bounded)
 }
 END_TEST
 
+/*
+ * Pipelined acknowledgements: the primary goes on at RECEIVED, the
+ * secondary's LOADED of a checkpoint comes later, in order, never for a
+ * checkpoint not received; and no more than one checkpoint goes out
+ * beyond the one the secondary is loading.
+ */
+START_TEST(test_acks_pipelined)
+{
+    ColoAcks a = { 0 };
+    Error *err = NULL;
+
+    ck_assert(colo_acks_may_send(&a));
+    colo_acks_sent(&a, 1);
+    /* Nothing may go out before RECEIVED of the last one. */
+    ck_assert(!colo_acks_may_send(&a));
+    /* LOADED before RECEIVED is out of order. */
+    ck_assert(!colo_acks_take(&a, COLO_MSG_LOADED, 1, &err));
+    error_free(err);
+    err = NULL;
+    ck_assert(colo_acks_take(&a, COLO_MSG_RECEIVED, 1, &error_abort));
+    /* Checkpoint 1 loads while 2 goes out. */
+    ck_assert(colo_acks_may_send(&a));
+    colo_acks_sent(&a, 2);
+    ck_assert(colo_acks_take(&a, COLO_MSG_LOADED, 1, &error_abort));
+    ck_assert(colo_acks_take(&a, COLO_MSG_RECEIVED, 2, &error_abort));
+    colo_acks_sent(&a, 3);
+    ck_assert(colo_acks_take(&a, COLO_MSG_RECEIVED, 3, &error_abort));
+    /* Loaded at 1, received 3: two loads behind, 4 must wait. */
+    ck_assert(!colo_acks_may_send(&a));
+    ck_assert(colo_acks_take(&a, COLO_MSG_LOADED, 2, &error_abort));
+    ck_assert(colo_acks_may_send(&a));
+}
+END_TEST
+
+/* An acknowledgement repeated, skipped or from the future is refused. */
+START_TEST(test_acks_refuse_out_of_order)
+{
+    ColoAcks a = { 0 };
+    Error *err = NULL;
+
+    colo_acks_sent(&a, 1);
+    ck_assert(!colo_acks_take(&a, COLO_MSG_RECEIVED, 2, &err));
+    ck_assert(strstr(error_get_pretty(err), "unexpected received 2"));
+    error_free(err);
+    err = NULL;
+    ck_assert(colo_acks_take(&a, COLO_MSG_RECEIVED, 1, &error_abort));
+    ck_assert(!colo_acks_take(&a, COLO_MSG_RECEIVED, 1, &err));
+    error_free(err);
+    err = NULL;
+    ck_assert(colo_acks_take(&a, COLO_MSG_LOADED, 1, &error_abort));
+    ck_assert(!colo_acks_take(&a, COLO_MSG_LOADED, 1, &err));
+    error_free(err);
+    err = NULL;
+    ck_assert(!colo_acks_take(&a, COLO_MSG_HEARTBEAT, 1, &err));
+    error_free(err);
+    ck_assert_uint_eq(a.received, 1);
+    ck_assert_uint_eq(a.loaded, 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("colo-protocol");
@@ -463,6 +523,8 @@ int main(void)
     tcase_add_test(tc, test_expect_refuses_other_messages);
     tcase_add_test(tc, test_channel_error_is_reported);
     tcase_add_test(tc, test_checkpoint_length_is_bounded);
+    tcase_add_test(tc, test_acks_pipelined);
+    tcase_add_test(tc, test_acks_refuse_out_of_order);
     suite_add_tcase(s, tc);
     /* Each takes 4 GiB of memory and some seconds. */
     tc = tcase_create("large");
