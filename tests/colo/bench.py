@@ -79,6 +79,12 @@ def pauses(vm, since):
     return out
 
 
+def periodic(impl):
+    """Ours periodic like the base's: x-colo-output-delay 0 (the base has
+    no such parameter)."""
+    return 0 if impl == "ours" else None
+
+
 def run(impl, rate, delay, seconds):
     qemu = BASE_QEMU if impl == "base" else None
     with standalone_bed("colo-bench-") as (bed, make_vm, workdir):
@@ -87,7 +93,8 @@ def run(impl, rate, delay, seconds):
         # colo-compare, nothing holds its output: keep it off the network.
         pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
                                  delay_ms=max(delay, 100), qemu=qemu,
-                                 isolate_secondary=impl == "base")
+                                 isolate_secondary=impl == "base",
+                                 output_delay_us=periodic(impl))
         client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
                                interval=0.02, timeout=30, duration=600)
         try:
@@ -129,7 +136,8 @@ def failover(impl, runs):
         with standalone_bed("colo-bench-") as (bed, make_vm, workdir):
             pvm, svm, _ = start_pair(bed, make_vm, workdir, delay_ms=100,
                                      qemu=qemu,
-                                     isolate_secondary=impl == "base")
+                                     isolate_secondary=impl == "base",
+                                     output_delay_us=periodic(impl))
             client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
                                    interval=0.02, timeout=30, duration=600)
             try:

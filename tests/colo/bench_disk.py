@@ -84,8 +84,11 @@ def latency_setup(kind, seconds, qemu=None):
             disk.protect(pvm, svm)
         else:
             delay = int(kind.split("-")[1])
+            # Periodic, as named (ours: x-colo-output-delay 0).
             pvm, _, _ = start_pair(bed, make_vm, workdir, delay_ms=delay,
-                                   append=append, disk=disk, qemu=qemu)
+                                   append=append, disk=disk, qemu=qemu,
+                                   output_delay_us=0 if qemu is None
+                                   else None)
         time.sleep(1)
         ms, n = write_window(bed, seconds)
         pause = None

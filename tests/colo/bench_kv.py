@@ -8,9 +8,10 @@ keyspace of 1000 keys.  Configurations, alternated within each round so
 that machine noise hits all alike:
 
   unprotected     the same guest on the same QEMU, no COLO
-  ours-periodic   ours, a checkpoint every 100 ms
-  ours-output     ours, output-driven (x-colo-output-delay 1 ms): a held
-                  reply starts a checkpoint; the period (100 ms) stays
+  ours-periodic   ours, a checkpoint every 100 ms (x-colo-output-delay 0)
+  ours-output     ours, output-driven (x-colo-output-delay 1 us, the
+                  default): a held reply starts a checkpoint at once; the
+                  period (100 ms) stays
   base-compare    the base's COLO in its documented compare mode
                   (colo-compare, filter-mirror, filter-redirector and
                   filter-rewriter as in its docs/COLO-FT.txt), periodic
@@ -185,14 +186,10 @@ def start_config(config, bed, make_vm, workdir):
                                isolate_secondary=True, vm_kw=vm_kw)
         return pvm
 
-    def output_driven(pvm, svm):
-        pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 1})
-
     pvm, _, _ = start_pair(bed, make_vm, workdir, append=append,
                            delay_ms=100, vm_kw=vm_kw,
-                           before_migrate=(output_driven
-                                           if config == "ours-output"
-                                           else None))
+                           output_delay_us=(1 if config == "ours-output"
+                                            else 0))
     return pvm
 
 

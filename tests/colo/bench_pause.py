@@ -68,7 +68,7 @@ def measure(bed, make_vm, workdir, rate, delay, seconds):
             pvm.wait_serial(READY_RE, BOOT_TIMEOUT)
         else:
             pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
-                                     delay_ms=delay,
+                                     delay_ms=delay, output_delay_us=0,
                                      primary_args=["-trace",
                                                    "colo_checkpoint_resume"])
             # Skip the first checkpoints: they carry what the initial

@@ -126,15 +126,17 @@ def standalone_bed(prefix):
 def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
                primary_args=(), secondary_args=(), via_proxy=False,
                qemu=None, isolate_secondary=False, disk=None,
-               before_migrate=None, vm_kw=None):
+               before_migrate=None, vm_kw=None, output_delay_us=None):
     """Boot the primary, start the secondary and enter COLO (with QEMU
     binary QEMU, default the build's).  ISOLATE_SECONDARY takes the
     secondary's tap off the bridge, for a COLO whose secondary runs and
     talks between checkpoints (the base's in periodic mode).  DISK, a
     colo_disk.ReplicatedDisk, gives the guest a disk protected by block
     replication.  BEFORE_MIGRATE(primary, secondary) runs just before
-    migrate.  VM_KW are more arguments for both QemuVMs.  Returns
-    (primary, secondary, proxy or None)."""
+    migrate.  VM_KW are more arguments for both QemuVMs.
+    OUTPUT_DELAY_US sets x-colo-output-delay (ours only; 0: periodic
+    checkpoints), else the default stands.  Returns (primary, secondary,
+    proxy or None)."""
     if disk is not None:
         primary_args = list(primary_args) + disk.primary_args()
         secondary_args = list(secondary_args) + disk.secondary_args()
@@ -156,6 +158,9 @@ def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
         vm.qmp("migrate-set-capabilities", X_COLO)
     pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay_ms,
                                        "max-bandwidth": 256 << 20})
+    if output_delay_us is not None:
+        pvm.qmp("migrate-set-parameters",
+                {"x-colo-output-delay": output_delay_us})
     if before_migrate:
         before_migrate(pvm, svm)
     pvm.qmp("migrate", uri="tcp:127.0.0.1:%d"

@@ -34,12 +34,14 @@ def show(pvm, svm, client, t0):
     s = colo_status(svm)
     st = p["stats"]
     log = CounterLog(client.out)
-    print("%5.1fs  %-9s %-9s  checkpoints %4d  pause last %5.2f ms mean %5.2f"
-          " max %5.2f  %7.1f kB/ckpt  counter %s" % (
-              time.monotonic() - t0, p["mode"], s["mode"], st["checkpoints"],
+    now = time.monotonic()
+    answers = len(log.replies_after(now - 1))
+    print("%5.1fs  %-9s %-9s  checkpoints %5d  pause last %5.2f ms mean %5.2f"
+          " max %5.2f  %7.1f kB/ckpt  counter %s (%d answers/s)" % (
+              now - t0, p["mode"], s["mode"], st["checkpoints"],
               st["pause-last-us"] / 1000, st["pause-mean-us"] / 1000,
               st["pause-max-us"] / 1000, st["bytes-last"] / 1024,
-              log.last_value()), flush=True)
+              log.last_value(), answers), flush=True)
 
 
 def main():
@@ -70,9 +72,15 @@ def run_demo(bed, make_vm, workdir, seconds):
               "(replicated over NBD) every 5 ms; a client counts through its "
               "service every 20 ms", flush=True)
         t0 = time.monotonic()
-        for delay in (200, 1000):
-            pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": delay})
-            print("demo: x-checkpoint-delay %d ms" % delay, flush=True)
+        # Periodic: each reply waits for the next checkpoint; then
+        # output-driven (the default): a held reply starts one at once.
+        for delay, output in ((200, 0), (1000, 0), (1000, 1)):
+            pvm.qmp("migrate-set-parameters",
+                    {"x-checkpoint-delay": delay,
+                     "x-colo-output-delay": output})
+            print("demo: x-checkpoint-delay %d ms, %s" % (
+                delay, "output-driven (x-colo-output-delay 1 us)" if output
+                else "periodic (x-colo-output-delay 0)"), flush=True)
             for _ in range(seconds):
                 time.sleep(1)
                 show(pvm, svm, client, t0)

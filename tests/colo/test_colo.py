@@ -316,7 +316,9 @@ def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
     it waits for one checkpoint's round trip instead of up to a period; an
     idle guest costs no more checkpoints than the period asks."""
     pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=1000)
-    assert pvm.qmp("query-migrate-parameters")["x-colo-output-delay"] == 0
+    # Output-driven, at once, by default; periodic first here.
+    assert pvm.qmp("query-migrate-parameters")["x-colo-output-delay"] == 1
+    pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 0})
     with pytest.raises(Exception):
         pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 1000001})
     client = counter(interval=0.02, timeout=30, duration=600)
@@ -414,8 +416,8 @@ def test_no_release_before_received(mode, bed, vm_factory, workdir,
         for vm in (pvm, svm):
             vm.qmp("migrate-set-parameters",
                    {"x-colo-silence-timeout": 60000})
-        if mode == "output-driven":
-            pvm.qmp("migrate-set-parameters", {"x-colo-output-delay": 1})
+        pvm.qmp("migrate-set-parameters",
+                {"x-colo-output-delay": 1 if mode == "output-driven" else 0})
         client = counter(interval=0.2, timeout=30, duration=600)
         client.wait_replies(3, 60)
         n = CounterLog(client.out).count
