@@ -196,8 +196,10 @@ def differing_pages(path_a, path_b):
 def checkpoint_stopped(pvm, svm):
     """Take checkpoints with the primary stopped, so that both sides stand
     at the same state: the second one was certainly captured after the
-    stop.  Periodic checkpoints are held off meanwhile."""
-    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+    stop.  Periodic and output-driven checkpoints are held off from then
+    on: the next is the one the caller asks for."""
+    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000,
+                                       "x-colo-output-delay": 0})
     pvm.qmp("stop")
     n = checkpoints(svm)
     for i in (1, 2):

@@ -92,7 +92,8 @@ def run_demo(bed, make_vm, workdir, seconds):
                                           "DIFFERS FROM (%d pages)" % len(diff)),
               flush=True)
         pvm.qmp("cont")
-        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 200})
+        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 200,
+                                           "x-colo-output-delay": 1})
         client.wait_replies(20, 60, after=time.monotonic())
 
         seen = CounterLog(client.out).last_value()

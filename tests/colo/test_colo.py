@@ -59,9 +59,10 @@ def count_over(pvm, seconds):
 
 
 def test_soak(bed, vm_factory, workdir, counter, results_dir):
+    # Periodic: the rates below are the periods'.
     pvm, svm, _ = start_pair(bed, vm_factory, workdir,
                              append="colo.dirty_mbps=5 colo.dirty_mb=64",
-                             delay_ms=200)
+                             delay_ms=200, output_delay_us=0)
     client = counter(interval=0.02, timeout=30, duration=600)
     client.wait_replies(20, 60)
 
@@ -100,6 +101,34 @@ def test_soak(bed, vm_factory, workdir, counter, results_dir):
     assert diff == [], "pages differ after a checkpoint: %s" % diff[:20]
 
 
+def test_soak_output_driven(bed, vm_factory, workdir, counter):
+    """Output-driven and pipelined (the default): the secondary loads one
+    checkpoint while the next is taken.  Under a client and a guest
+    dirtying 5 MB/s, both sides count the same checkpoints, the client's
+    counter never goes back, and once the primary is stopped at a
+    checkpoint the secondary's memory is the primary's."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir,
+                             append="colo.dirty_mbps=5 colo.dirty_mb=64",
+                             delay_ms=1000)
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(20, 60)
+    t0, n0 = time.monotonic(), checkpoints(pvm)
+    client.wait_replies(300, 120, after=t0)
+    rate = (checkpoints(pvm) - n0) / (time.monotonic() - t0)
+    out = colo_status(pvm)["x-output"]
+    client.stop()
+    checkpoint_stopped(pvm, svm)
+    diff = differing_pages(save_memory(pvm, os.path.join(workdir, "p.mem")),
+                           save_memory(svm, os.path.join(workdir, "s.mem")))
+    print("\noutput-driven soak: %.1f checkpoints/s, %s" % (rate, out))
+    # Replies every 20 ms start checkpoints well beyond the 1 s period.
+    assert rate > 10, rate
+    assert out["by-output"] > out["by-period"], out
+    assert checkpoints(pvm) == checkpoints(svm)
+    assert_client_ok(CounterLog(client.out))
+    assert diff == [], "pages differ after a checkpoint: %s" % diff[:20]
+
+
 FAULTS = {
     "cut": "cut 20000",         # the connection closes mid-checkpoint
     "flip": "flip 20000",       # one byte of the checkpoint is corrupted
@@ -120,6 +149,7 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
     try:
         client = counter(interval=0.02, timeout=30, duration=600)
         client.wait_replies(25, 60)
+        # From here on, only the checkpoint asked for below.
         n = checkpoint_stopped(pvm, svm)
         reference = save_memory(pvm, os.path.join(workdir, "p.mem"))
 
@@ -183,7 +213,8 @@ def test_hostile_device_state(bed, vm_factory, workdir, counter):
     try:
         client = counter(interval=0.02, timeout=30, duration=600)
         client.wait_replies(10, 60)
-        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000,
+                                           "x-colo-output-delay": 0})
         wait_until(lambda: checkpoints(pvm) == checkpoints(svm), 30,
                    "no checkpoint in flight")
         n = checkpoints(svm)
@@ -222,8 +253,10 @@ def test_output_beyond_the_hold(bed, vm_factory, workdir):
     """More output in one checkpoint period than a held queue takes (a
     NetQueue drops beyond 10000 packets): the primary is asked for a
     checkpoint at half of it, so every reply gets out, each covered by
-    the checkpoint after it."""
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+    the checkpoint after it.  Periodic: what starts the checkpoints here
+    must be the pressure alone."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             output_delay_us=0)
     # The flood must reach the guest and its replies leave whole: what is
     # tested is the hold.  Each side knows the other's MAC first (an ARP
     # answer held for a long period would leave the replies queued on an
@@ -424,10 +457,8 @@ def test_no_release_before_received(mode, bed, vm_factory, workdir,
         wait_until(lambda: CounterLog(client.out).count > n, 30,
                    "a reply", poll=0.002)
         # A phase, well inside the 200 ms before the next request: the
-        # checkpoint's LOADED follows its RECEIVED within milliseconds, and
-        # the primary then goes on to seal the next epoch while frozen.
-        # (Frozen before LOADED, the primary waits for it and seals
-        # nothing: the test still holds, it only proves less.)
+        # primary goes on at RECEIVED (pipelined), and seals the next
+        # epoch, with the next reply, into a checkpoint while frozen.
         time.sleep(0.05)
         assert proxy.command("freeze") == "ok"
         t_freeze = time.monotonic()

@@ -24,9 +24,9 @@ import os
 import pytest
 
 from colo_disk import DEVICE, NODE, REPLICA, ReplicatedDisk
-from colo_pair import (BOOT_TIMEOUT, READY_RE, X_COLO, checkpoint_stopped, checkpoints,
-                       colo_status, query_guest, start_pair, wait_checkpoints,
-                       wait_until)
+from colo_pair import (BOOT_TIMEOUT, READY_RE, X_COLO, checkpoint_stopped,
+                       checkpoints, colo_status, query_guest, start_pair,
+                       wait_checkpoints, wait_until)
 
 
 def guest_stats(bed):
@@ -141,7 +141,8 @@ def test_overlays_empty(bed, vm_factory, workdir):
                              append=disk.guest_append(interval_ms=0),
                              disk=disk)
     wait_writing(bed, 20)
-    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+    pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000,
+                                       "x-colo-output-delay": 0})
     for _ in range(3):
         # Between checkpoints the primary's writes push what they
         # overwrite into the hidden disk ...

@@ -158,7 +158,8 @@ def test_ack_lost_after_commit(bed, vm_factory, workdir):
     memory and disks stand at the same one."""
     disk, (pvm, svm, proxy) = busy_pair_with_disk(bed, vm_factory, workdir)
     try:
-        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000})
+        pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000,
+                                           "x-colo-output-delay": 0})
         # The proxy holds the whole checkpoint back, then resets: the
         # secondary's long wait would rightly make it doubt that the end
         # is the primary's death (test_silence.py).  This test is about
@@ -324,7 +325,8 @@ def test_kill_at_random(run, bed, vm_factory, workdir, counter, results_dir):
         if mid_checkpoint:
             # The next checkpoint gets this far, then the host goes silent.
             pvm.qmp("migrate-set-parameters",
-                    {"x-checkpoint-delay": 3600 * 1000})
+                    {"x-checkpoint-delay": 3600 * 1000,
+                     "x-colo-output-delay": 0})
             n = checkpoints(svm)
             wait_until(lambda: checkpoints(pvm) >= n, 30, "the last ack")
             # Somewhere inside it: after 0.5 s at 20 MB/s it carries more

@@ -159,6 +159,7 @@ def test_default_timeout_is_live(bed, vm_factory, workdir):
     assert "silence timeout: 4000 ms; peer heard" in pvm.hmp("info colo")
     # Heartbeats keep an idle pair (a checkpoint an hour) alive.
     pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000,
+                                       "x-colo-output-delay": 0,
                                        "x-colo-silence-timeout": 200})
     time.sleep(2)  # a phase: ten silence timeouts with no checkpoint
     for vm in (pvm, svm):
