@@ -13,9 +13,15 @@
  * queues FIN behind what it sent (a killed process too: its kernel does);
  * the secondary's sends fail once the primary has closed (back_closed).
  * The primary's epochs: output of epoch e is covered by checkpoint e;
- * RECEIVED(e) releases it.  Standalone mode and a link that neither drops
- * nor stalls: silent peers and partitions are the heartbeat's and the
- * lease's to model.
+ * RECEIVED(e) releases what is sealed (colo_output_release()).
+ * Pipelined, as in primary.c: the primary goes on at RECEIVED and reads
+ * LOADED on its way (colo_primary_await()); it captures the next
+ * checkpoint only once the last is RECEIVED and the SVM is at most one
+ * behind (colo_acks_may_send()).  A capture (the epoch sealed) and its
+ * send are two steps: a primary killed in between, or mid-send, leaves a
+ * torn checkpoint the secondary never holds.  Standalone mode and a link
+ * that neither drops nor stalls: silent peers and partitions are the
+ * heartbeat's and the lease's to model.
  *
  * Safety, checked in every state:
  *   ONE_SERVES   never the primary alone and the secondary taken over;
@@ -32,9 +38,12 @@
  *                  secondary (colo_state_interrupt() shutting the channel
  *                  down whole at once);
  *   QUIT_RELEASES  a primary that goes away releases what it held
- *                  (colo_output_stop(true) on quit: review finding H4).
+ *                  (colo_output_stop(true) on quit: review finding H4);
+ *   NO_ACK_BOUND   the primary captures the next checkpoint before the
+ *                  last one's RECEIVED: that RECEIVED then releases
+ *                  output of a checkpoint the secondary may never hold.
  *
- * model-mutants: NO_LAST_WORD HARD_LEAVE QUIT_RELEASES
+ * model-mutants: NO_LAST_WORD HARD_LEAVE QUIT_RELEASES NO_ACK_BOUND
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -58,7 +67,10 @@ chan back = [8] of { mtype, byte };    /* secondary -> primary */
 bool back_closed = false;
 byte p_state = P_COLO;
 byte s_state = S_RECV;
-byte p_epoch = 0;           /* last checkpoint sent */
+byte p_epoch = 0;           /* last checkpoint captured (sealed) */
+byte p_sent = 0;            /* last checkpoint sent whole */
+byte p_received = 0;        /* last RECEIVED */
+byte p_loaded = 0;          /* last LOADED */
 byte released_max = 0;      /* newest epoch whose output clients saw */
 byte s_committed = 0;       /* the secondary's disks stand here: it loads it */
 
@@ -93,27 +105,32 @@ inline leave_gone()
     }
 }
 
+#ifdef NO_ACK_BOUND
+#define MAY_CAPTURE (p_sent == p_epoch)
+#else
+#define MAY_CAPTURE (p_received == p_epoch && p_loaded + 1 >= p_received)
+#endif
+
 active proctype Primary()
 {
     byte m, e;
 
     do
-    :: p_state == P_COLO && p_epoch < MAXE ->
-        p_epoch++;
-        fwd ! CKPT(p_epoch);
-        /* Wait for RECEIVED, then LOADED; anything may happen meanwhile. */
-        do
-        :: back ? m(e) ->
-            if
-            :: m == RECEIVED -> released_max = e
-            :: m == LOADED -> break
-            :: else -> leave_serving(); break     /* SERR, FIN */
-            fi
-        :: leave_serving(); break       /* migrate_cancel, lost-heartbeat */
-        :: leave_gone(); break          /* quit, SIGTERM, SIGKILL */
-        od
-    :: p_state == P_COLO -> leave_serving()
-    :: p_state == P_COLO -> leave_gone()
+    :: p_state == P_COLO && p_epoch < MAXE && MAY_CAPTURE ->
+        p_epoch++                       /* stop, capture, seal, resume */
+    :: p_state == P_COLO && p_sent < p_epoch ->
+        p_sent++;
+        fwd ! CKPT(p_sent)
+    :: p_state == P_COLO && nempty(back) ->
+        /* colo_primary_await(): acknowledgements, in order */
+        back ? m(e);
+        if
+        :: m == RECEIVED -> p_received = e; released_max = p_epoch
+        :: m == LOADED -> p_loaded = e
+        :: else -> leave_serving()      /* SERR, FIN */
+        fi
+    :: p_state == P_COLO -> leave_serving()  /* cancel, lost-heartbeat */
+    :: p_state == P_COLO -> leave_gone()     /* quit, SIGTERM, SIGKILL */
     :: p_state == P_COLO ->
         /* the guest powers off: both sides end */
         atomic { fwd ! SHUT(0); fwd ! FIN(0); back_closed = true;
