@@ -747,14 +747,10 @@ static bool colo_repl_primary_writers_check(BlockDriverState *bs,
                        "writes would escape the checkpoints", dev,
                        bdrv_get_node_name(bs));
         } else {
-            error_setg(errp, "replication: %s%s%s writes the disk above "
-                       "node '%s' and lets others write it: their writes "
-                       "would escape the checkpoints",
-                       *blk_name(blk) ? "'" : "",
-                       *blk_name(blk) ? blk_name(blk) :
-                       "a block export or job",
-                       *blk_name(blk) ? "'" : "",
-                       bdrv_get_node_name(bs));
+            error_setg(errp, "replication: a writer of the disk above node "
+                       "'%s' (block export or job '%s') lets others write "
+                       "it: their writes would escape the checkpoints",
+                       bdrv_get_node_name(bs), blk_name(blk));
         }
         return false;
     }

@@ -11,6 +11,14 @@
 #include "qemu/thread.h"
 #include "qemu/timer.h"
 
+/* Why the primary took a checkpoint. */
+typedef enum ColoCheckpointCause {
+    COLO_CAUSE_PERIOD,          /* x-checkpoint-delay passed */
+    COLO_CAUSE_OUTPUT,          /* held output (x-colo-output-delay) */
+    COLO_CAUSE_REQUEST,         /* x-colo-checkpoint */
+    COLO_CAUSE__MAX,
+} ColoCheckpointCause;
+
 /* Checkpoint statistics of this side; see COLOCheckpointStats. */
 typedef struct ColoStats {
     uint64_t checkpoints;       /* completed (primary) or loaded (secondary) */
@@ -23,19 +31,12 @@ typedef struct ColoStats {
     uint64_t pages_total;
     uint64_t received_last_us;  /* primary: VM stop to the secondary's ack */
     /* Primary: see COLOOutputStats. */
-    uint64_t by_cause[3];       /* indexed by ColoCheckpointCause */
+    uint64_t by_cause[COLO_CAUSE__MAX];
     uint64_t held_packets;
     uint64_t hold_total_us;
     uint64_t hold_max_us;
     uint64_t in_flight;
 } ColoStats;
-
-/* Why the primary took a checkpoint. */
-typedef enum ColoCheckpointCause {
-    COLO_CAUSE_PERIOD,          /* x-checkpoint-delay passed */
-    COLO_CAUSE_OUTPUT,          /* held output (x-colo-output-delay) */
-    COLO_CAUSE_REQUEST,         /* x-colo-checkpoint */
-} ColoCheckpointCause;
 
 typedef struct ColoState {
     /* Protects mode, last_mode, reason, stats and the channel. */
@@ -114,12 +115,11 @@ void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
                     uint64_t received_us);
 
 /*
- * Primary: add why a checkpoint was taken, how long the output it
- * released was held, and how many checkpoints are now in flight.
+ * Primary: add why a checkpoint was taken, and how long the output it
+ * released was held.
  */
 void colo_stats_add_output(ColoCheckpointCause cause, uint64_t packets,
-                           uint64_t hold_total_us, uint64_t hold_max_us,
-                           uint64_t in_flight);
+                           uint64_t hold_total_us, uint64_t hold_max_us);
 
 /* Primary: checkpoints sent that the secondary has not loaded yet. */
 void colo_stats_set_in_flight(uint64_t in_flight);

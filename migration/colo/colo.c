@@ -251,8 +251,7 @@ void colo_stats_add(uint64_t pause_us, uint64_t bytes, uint64_t pages,
 }
 
 void colo_stats_add_output(ColoCheckpointCause cause, uint64_t packets,
-                           uint64_t hold_total_us, uint64_t hold_max_us,
-                           uint64_t in_flight)
+                           uint64_t hold_total_us, uint64_t hold_max_us)
 {
     ColoStats *st = &colo_state.stats;
 
@@ -261,7 +260,6 @@ void colo_stats_add_output(ColoCheckpointCause cause, uint64_t packets,
     st->held_packets += packets;
     st->hold_total_us += hold_total_us;
     st->hold_max_us = MAX(st->hold_max_us, hold_max_us);
-    st->in_flight = in_flight;
     qemu_mutex_unlock(&colo_state.lock);
 }
 

@@ -39,8 +39,7 @@ typedef struct ColoPrimary {
     MigrationState *s;
     QEMUFile *to;               /* forward channel */
     QEMUFile *from;             /* return channel */
-    uint64_t seq;               /* last checkpoint sent */
-    ColoAcks acks;              /* the secondary's acknowledgements */
+    ColoAcks acks;              /* checkpoints sent and acknowledged */
     ColoBuf ram;                /* checkpoint: be64 RAM length + records */
     ColoBuf reply;              /* last message from the secondary */
     bool resumed;               /* COLO gave the VM its run state back */
@@ -69,11 +68,6 @@ static QEMUFile *colo_primary_save_devices(QIOChannelBuffer *bioc,
     return f;
 }
 
-/*
- * Stop and drain as @state.  The drain waits for writes to the
- * secondary's disk too: a wait on the secondary, which the heartbeat
- * bounds (a silent secondary's NBD connection is yanked).
- */
 /*
  * Read the secondary's messages until @type about checkpoint @seq.  On the
  * way, acknowledgements of earlier checkpoints are recorded: the LOADED of
@@ -115,6 +109,11 @@ static bool colo_primary_await(ColoPrimary *p, ColoMsgType type,
     }
 }
 
+/*
+ * Stop and drain as @state.  The drain waits for writes to the
+ * secondary's disk too: a wait on the secondary, which the heartbeat
+ * bounds (a silent secondary's NBD connection is yanked).
+ */
 static void colo_primary_stop_drain(RunState state)
 {
     colo_heartbeat_wait_begin();
@@ -133,7 +132,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     bool was_live, ok;
     int64_t t_stop, t_resume, t_received;
     struct iovec iov[2];
-    uint64_t seq = p->seq + 1;
+    uint64_t seq = p->acks.sent + 1;
 
     /*
      * The secondary may still be loading the previous checkpoint; one
@@ -203,8 +202,8 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 2, errp)) {
         return false;
     }
-    p->seq = seq;
     colo_acks_sent(&p->acks, seq);
+    colo_stats_set_in_flight(p->acks.sent - p->acks.loaded);
     if (!colo_primary_await(p, COLO_MSG_RECEIVED, seq, errp)) {
         return false;
     }
@@ -220,8 +219,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      */
     colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
                    ram_stats.pages, t_received - t_stop);
-    colo_stats_add_output(cause, held.packets, held.total_us, held.max_us,
-                          p->acks.sent - p->acks.loaded);
+    colo_stats_add_output(cause, held.packets, held.total_us, held.max_us);
     trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
                                t_received - t_stop);
     return true;
@@ -230,8 +228,9 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
 /* Nothing else to say for a while: HEARTBEAT, and the secondary's answer. */
 static bool colo_primary_heartbeat(ColoPrimary *p, Error **errp)
 {
-    return colo_msg_send_empty(p->to, COLO_MSG_HEARTBEAT, p->seq, errp) &&
-           colo_primary_await(p, COLO_MSG_HEARTBEAT, p->seq, errp);
+    return colo_msg_send_empty(p->to, COLO_MSG_HEARTBEAT, p->acks.sent,
+                               errp) &&
+           colo_primary_await(p, COLO_MSG_HEARTBEAT, p->acks.sent, errp);
 }
 
 /* Whether a checkpoint is due at @now, and why. */
@@ -303,8 +302,9 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_us,
 /* Output of this epoch piles up: end the epoch now (BQL held). */
 static void colo_primary_output_pressure(void)
 {
-    /* Due since long: output-driven, whatever x-colo-output-delay says. */
-    qatomic_set(&colo_state.output_due_us, 1);
+    /* Due now: output-driven, whatever x-colo-output-delay says. */
+    qatomic_set(&colo_state.output_due_us,
+                qemu_clock_get_us(QEMU_CLOCK_REALTIME));
     qemu_sem_post(&colo_state.kick);
 }
 
@@ -380,7 +380,6 @@ void colo_primary_run(MigrationState *s)
 
     if (colo_primary_start(&p, &err)) {
         int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
-
         ColoCheckpointCause cause;
 
         while (colo_primary_wait(&p, start, &cause, &err)) {
@@ -415,7 +414,7 @@ void colo_primary_run(MigrationState *s)
          * sees the stream end and takes over, from the last checkpoint.
          */
         if (qatomic_read(&colo_state.guest_shutdown)) {
-            colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.seq, NULL);
+            colo_msg_send_empty(p.to, COLO_MSG_SHUTDOWN, p.acks.sent, NULL);
         }
     } else {
         /*
@@ -431,7 +430,7 @@ void colo_primary_run(MigrationState *s)
                        qatomic_read(&colo_state.cancel_requested)
                        ? "migration cancelled" : "failover requested");
         }
-        colo_msg_send_error(p.to, p.seq, err ? err : why);
+        colo_msg_send_error(p.to, p.acks.sent, err ? err : why);
     }
     if (err) {
         migrate_set_error(s, err);

@@ -37,21 +37,22 @@
 #include "trace.h"
 
 #define TYPE_FILTER_COLO_OUTPUT "colo-output-commit"
+
+/* The output of one epoch, held. */
+typedef struct ColoOutputEpoch {
+    NetQueue *queue;
+    uint32_t len;               /* packets in @queue */
+    /* When the first came, and the sum of when each came (us). */
+    uint64_t first_us;
+    uint64_t sum_us;
+} ColoOutputEpoch;
 OBJECT_DECLARE_SIMPLE_TYPE(ColoOutputState, FILTER_COLO_OUTPUT)
 
 struct ColoOutputState {
     NetFilterState parent_obj;
 
-    NetQueue *pending;
-    NetQueue *sealed;
-    uint32_t pending_len;       /* packets in pending */
-    uint32_t sealed_len;
-    /*
-     * For the time output is held: when each queue's first packet came,
-     * and the sum of when each came (QEMU_CLOCK_REALTIME, us).
-     */
-    uint64_t pending_first_us, pending_sum_us;
-    uint64_t sealed_first_us, sealed_sum_us;
+    ColoOutputEpoch pending;
+    ColoOutputEpoch sealed;
 };
 
 /*
@@ -90,14 +91,14 @@ static void colo_output_judge_held(NetFilterState *nf, ColoOutputVerdict v)
 
     switch (v) {
     case COLO_OUTPUT_PASS:
-        colo_output_flush(nf, s->sealed);
-        colo_output_flush(nf, s->pending);
-        s->pending_len = s->sealed_len = 0;
+        colo_output_flush(nf, s->sealed.queue);
+        colo_output_flush(nf, s->pending.queue);
+        s->pending.len = s->sealed.len = 0;
         break;
     case COLO_OUTPUT_DROP:
-        qemu_net_queue_purge(s->sealed, nf->netdev->peer);
-        qemu_net_queue_purge(s->pending, nf->netdev->peer);
-        s->pending_len = s->sealed_len = 0;
+        qemu_net_queue_purge(s->sealed.queue, nf->netdev->peer);
+        qemu_net_queue_purge(s->pending.queue, nf->netdev->peer);
+        s->pending.len = s->sealed.len = 0;
         break;
     case COLO_OUTPUT_HOLD:
         break;
@@ -126,24 +127,25 @@ static ssize_t colo_output_receive_iov(NetFilterState *nf,
         }
     }
     /* Taken: the sender counts the packet as sent. */
-    if (s->pending_len >= COLO_OUTPUT_HOLD_MAX) {
+    if (s->pending.len >= COLO_OUTPUT_HOLD_MAX) {
         trace_colo_output_full(nf->netdev->name);
         return iov_size(iov, iovcnt);
     }
-    qemu_net_queue_append_iov(s->pending, sender, flags, iov, iovcnt, NULL);
+    qemu_net_queue_append_iov(s->pending.queue, sender, flags, iov, iovcnt,
+                              NULL);
     now = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
-    if (!s->pending_len++) {
-        s->pending_first_us = now;
-        s->pending_sum_us = 0;
+    if (!s->pending.len++) {
+        s->pending.first_us = now;
+        s->pending.sum_us = 0;
     }
-    s->pending_sum_us += now;
+    s->pending.sum_us += now;
     if (colo_output_hooks && !colo_output_judge) {
-        if (s->pending_len == 1 && colo_output_hooks->first_held) {
+        if (s->pending.len == 1 && colo_output_hooks->first_held) {
             colo_output_hooks->first_held();
         }
-        if (s->pending_len == COLO_OUTPUT_PRESSURE &&
+        if (s->pending.len == COLO_OUTPUT_PRESSURE &&
             colo_output_hooks->pressure) {
-            trace_colo_output_pressure(nf->netdev->name, s->pending_len);
+            trace_colo_output_pressure(nf->netdev->name, s->pending.len);
             colo_output_hooks->pressure();
         }
     }
@@ -154,8 +156,8 @@ static void colo_output_setup(NetFilterState *nf, Error **errp)
 {
     ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
 
-    s->pending = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
-    s->sealed = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
+    s->pending.queue = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
+    s->sealed.queue = qemu_new_net_queue(qemu_netfilter_pass_to_next, nf);
 }
 
 /*
@@ -170,13 +172,13 @@ static void colo_output_cleanup(NetFilterState *nf)
     if (colo_output_filters) {
         g_ptr_array_remove(colo_output_filters, nf);
     }
-    if (s->sealed) {
-        qemu_del_net_queue(s->sealed);
-        s->sealed = NULL;
+    if (s->sealed.queue) {
+        qemu_del_net_queue(s->sealed.queue);
+        s->sealed.queue = NULL;
     }
-    if (s->pending) {
-        qemu_del_net_queue(s->pending);
-        s->pending = NULL;
+    if (s->pending.queue) {
+        qemu_del_net_queue(s->pending.queue);
+        s->pending.queue = NULL;
     }
 }
 
@@ -270,16 +272,12 @@ void colo_output_seal(void)
          i++) {
         NetFilterState *nf = g_ptr_array_index(colo_output_filters, i);
         ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
-        NetQueue *q = s->sealed;
+        NetQueue *q = s->sealed.queue;
 
         /* Released at the previous acknowledgement, unless it failed. */
         colo_output_flush(nf, q);
         s->sealed = s->pending;
-        s->pending = q;
-        s->sealed_len = s->pending_len;
-        s->sealed_first_us = s->pending_first_us;
-        s->sealed_sum_us = s->pending_sum_us;
-        s->pending_len = 0;
+        s->pending = (ColoOutputEpoch) { .queue = q };
     }
 }
 
@@ -292,12 +290,12 @@ void colo_output_release(ColoOutputHoldTimes *times)
         NetFilterState *nf = g_ptr_array_index(colo_output_filters, i);
         ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
 
-        colo_output_flush(nf, s->sealed);
-        if (s->sealed_len) {
-            times->packets += s->sealed_len;
-            times->total_us += s->sealed_len * now - s->sealed_sum_us;
-            times->max_us = MAX(times->max_us, now - s->sealed_first_us);
-            s->sealed_len = 0;
+        colo_output_flush(nf, s->sealed.queue);
+        if (s->sealed.len) {
+            times->packets += s->sealed.len;
+            times->total_us += s->sealed.len * now - s->sealed.sum_us;
+            times->max_us = MAX(times->max_us, now - s->sealed.first_us);
+            s->sealed.len = 0;
         }
     }
 }
@@ -314,8 +312,8 @@ void colo_output_stop(bool release)
         ColoOutputState *s = FILTER_COLO_OUTPUT(nf);
 
         if (release) {
-            colo_output_flush(nf, s->sealed);
-            colo_output_flush(nf, s->pending);
+            colo_output_flush(nf, s->sealed.queue);
+            colo_output_flush(nf, s->pending.queue);
         }
         object_unparent(OBJECT(nf));
     }
