@@ -3,8 +3,10 @@
  *
  * Runs in the migration thread once the initial migration has reached
  * COLO state.  Each checkpoint stops the VM only for as long as it takes
- * to copy the dirty pages and serialise the device state into a buffer;
- * the VM resumes before the buffer is sent.  The next checkpoint starts
+ * to copy the pages dirtied since the last pre-copy pass and serialise the
+ * device state into a buffer; the VM resumes before the buffer is sent.
+ * While it waits for the next checkpoint, the thread pre-copies dirty
+ * pages every few milliseconds (ram-capture.c).  The next checkpoint starts
  * once the secondary has loaded this one and the period has elapsed, or
  * at once when one is requested.
  *
@@ -41,6 +43,9 @@ typedef struct ColoPrimary {
     QEMUFile *from;             /* return channel */
     ColoAcks acks;              /* checkpoints sent and acknowledged */
     ColoBuf ram;                /* checkpoint: be64 RAM length + records */
+    ColoRamStats ram_stats;     /* of the records in ram */
+    ColoRamCapture *capture;
+    int64_t precopy_due_us;     /* the next pre-copy pass */
     ColoBuf reply;              /* last message from the secondary */
     bool resumed;               /* COLO gave the VM its run state back */
 } ColoPrimary;
@@ -121,6 +126,22 @@ static void colo_primary_stop_drain(RunState state)
     colo_heartbeat_wait_end();
 }
 
+/*
+ * Pre-copy passes run this often between checkpoints, and not when one is
+ * due sooner than the margin: the stop would copy as much.
+ */
+#define COLO_PRECOPY_INTERVAL_US 10000
+#define COLO_PRECOPY_MARGIN_US 3000
+
+/* Start the next checkpoint's RAM part: its length comes first. */
+static void colo_primary_ram_reset(ColoPrimary *p, int64_t now)
+{
+    p->ram.len = 0;
+    colo_buf_append(&p->ram, &(uint64_t){ 0 }, sizeof(uint64_t));
+    memset(&p->ram_stats, 0, sizeof(p->ram_stats));
+    p->precopy_due_us = now + COLO_PRECOPY_INTERVAL_US;
+}
+
 static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
                                     Error **errp)
 {
@@ -145,10 +166,6 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
         }
     }
 
-    /* The RAM part's length comes first; it is known after the capture. */
-    p->ram.len = 0;
-    colo_buf_append(&p->ram, &(uint64_t){ 0 }, sizeof(uint64_t));
-
     bql_lock();
     t_stop = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     was_live = runstate_is_live(runstate_get());
@@ -165,7 +182,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      */
     replication_get_error_all(errp);
     ok = !*errp &&
-         colo_ram_capture(&p->ram, &ram_stats, errp) &&
+         colo_ram_capture(p->capture, &p->ram, &p->ram_stats, errp) &&
          (devices = colo_primary_save_devices(bioc, errp));
     /*
      * Output so far is this checkpoint's; from now on, the next one's.
@@ -202,6 +219,8 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 2, errp)) {
         return false;
     }
+    ram_stats = p->ram_stats;
+    colo_primary_ram_reset(p, t_resume);
     colo_acks_sent(&p->acks, seq);
     colo_stats_set_in_flight(p->acks.sent - p->acks.loaded);
     if (!colo_primary_await(p, COLO_MSG_RECEIVED, seq, errp)) {
@@ -221,7 +240,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
                    ram_stats.pages, t_received - t_stop);
     colo_stats_add_output(cause, held.packets, held.total_us, held.max_us);
     trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
-                               t_received - t_stop);
+                               ram_stats.precopied, t_received - t_stop);
     return true;
 }
 
@@ -285,10 +304,17 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_us,
             }
             continue;
         }
-        wait_us = MIN(due, beat) - now;
         if (output_due) {
-            wait_us = MIN(wait_us, output_due - now);
+            due = MIN(due, output_due);
         }
+        if (now >= p->precopy_due_us) {
+            if (due - now >= COLO_PRECOPY_MARGIN_US && runstate_is_running()) {
+                colo_ram_precopy(p->capture, &p->ram, &p->ram_stats);
+            }
+            p->precopy_due_us = now + COLO_PRECOPY_INTERVAL_US;
+            continue;
+        }
+        wait_us = MIN(MIN(due, beat), p->precopy_due_us) - now;
         if (wait_us < 1000) {
             /* Less than the semaphore's millisecond: sleep it out. */
             g_usleep(wait_us);
@@ -344,6 +370,8 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     qio_channel_set_delay(qemu_file_get_ioc(p->to), false);
 
     colo_state_enter(COLO_MODE_PRIMARY, p->to, p->from);
+    p->capture = colo_ram_capture_new();
+    colo_primary_ram_reset(p, qemu_clock_get_us(QEMU_CLOCK_REALTIME));
     if (qatomic_read(&colo_state.exit_requested)) {
         /* Cancelled between the migration's end and here. */
         error_setg(errp, "COLO: cancelled before it started");
@@ -493,6 +521,7 @@ void colo_primary_run(MigrationState *s)
         qemu_fclose(p.from);
     }
     colo_buf_free(&p.ram);
+    colo_ram_capture_free(p.capture);
     colo_buf_free(&p.reply);
     qemu_sem_post(&colo_state.primary_exited);
 }

@@ -1,11 +1,17 @@
 /*
  * COLO primary: capture the pages dirtied since the previous checkpoint.
  *
- * The VM is stopped and the BQL held while this runs, so the pause of
- * every checkpoint includes it: it only syncs the dirty log, walks the
- * dirty bits and copies dirty pages into the checkpoint buffer (zero pages
- * are sent as ranges without contents).  Sending happens after the VM
- * resumes.
+ * Most of the copy happens while the VM runs (colo_ram_precopy(), called
+ * every few milliseconds between checkpoints): each pass takes the pages
+ * dirtied since the last one, clears their dirty bits and copies them into
+ * the checkpoint buffer.  A page written during or after its copy is
+ * dirtied again, so the stop (colo_ram_capture(), VM stopped, BQL held)
+ * copies it once more: the secondary applies records in order, the last
+ * copy wins, and the checkpoint is exact.  The pause then holds only the
+ * pages dirtied since the last pass, not since the last checkpoint.  A
+ * page is pre-copied at most once per checkpoint, so a checkpoint holds
+ * each page at most twice (colo_ram_checkpoint_max()).  Zero pages are
+ * sent as ranges without contents.
  *
  * The dirty log is the one the initial migration started (ram.c keeps it,
  * and its per-block bitmap rb->bmap, running while the migration is in
@@ -19,15 +25,67 @@
 #include "qemu/bitops.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/main-loop.h"
+#include "qemu/timer.h"
 #include "qemu/rcu.h"
 #include "exec/ram_addr.h"
 #include "exec/ramblock.h"
 #include "exec/memory.h"
+#include "hw/core/cpu.h"
+#include "system/tcg.h"
 #include "migration/misc.h"
 #include "migration/ram.h"
 #include "protocol.h"
 #include "ram.h"
 #include "trace.h"
+
+struct ColoRamCapture {
+    /*
+     * Per block, by layout index: the pages this checkpoint already holds
+     * a copy of, taken while the VM ran.
+     */
+    unsigned long **precopied;
+    unsigned int nblocks;
+    unsigned long *scratch;     /* as long as the longest block */
+    QemuEvent synced;
+};
+
+ColoRamCapture *colo_ram_capture_new(void)
+{
+    ColoRamCapture *cap = g_new0(ColoRamCapture, 1);
+    unsigned long longest = 0;
+    RAMBlock *rb;
+
+    qemu_event_init(&cap->synced, false);
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        cap->nblocks++;
+    }
+    cap->precopied = g_new0(unsigned long *, cap->nblocks);
+    cap->nblocks = 0;
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        unsigned long npages = rb->max_length >> TARGET_PAGE_BITS;
+
+        cap->precopied[cap->nblocks++] = bitmap_new(npages);
+        longest = MAX(longest, npages);
+    }
+    cap->scratch = bitmap_new(longest);
+    return cap;
+}
+
+void colo_ram_capture_free(ColoRamCapture *cap)
+{
+    if (!cap) {
+        return;
+    }
+    for (unsigned int i = 0; i < cap->nblocks; i++) {
+        g_free(cap->precopied[i]);
+    }
+    g_free(cap->precopied);
+    g_free(cap->scratch);
+    qemu_event_destroy(&cap->synced);
+    g_free(cap);
+}
 
 static void colo_ram_put_record(ColoBuf *out, ColoRamRecordKind kind,
                                 uint16_t block, uint64_t first,
@@ -85,13 +143,110 @@ static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
     }
 }
 
-bool colo_ram_capture(ColoBuf *out, ColoRamStats *stats, Error **errp)
+/*
+ * Move the dirty log into each block's rb->bmap and clear it, so that
+ * writes from here on are logged for the next pass.  Blocks without a
+ * bitmap are left to colo_ram_capture(), which refuses them.
+ */
+static void colo_ram_sync_dirty_log(void)
 {
+    RAMBlock *rb;
+
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        unsigned long npages = rb->used_length >> TARGET_PAGE_BITS;
+
+        if (!rb->bmap) {
+            continue;
+        }
+        cpu_physical_memory_sync_dirty_bitmap(rb, 0, rb->used_length);
+        if (rb->clear_bmap) {
+            /*
+             * The sync only noted which chunks of the accelerator's log
+             * to clear; clear the whole block now so that writes from
+             * here on are logged.
+             */
+            memory_region_clear_dirty_bitmap(rb->mr, 0, rb->used_length);
+            bitmap_zero(rb->clear_bmap,
+                        clear_bmap_size(npages, rb->clear_bmap_shift));
+        }
+    }
+}
+
+static void colo_ram_sync_work(CPUState *cpu, run_on_cpu_data data)
+{
+    ColoRamCapture *cap = data.host_ptr;
+
+    colo_ram_sync_dirty_log();
+    qemu_event_set(&cap->synced);
+}
+
+void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
+{
+    int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    uint64_t pages = stats->pages, zero_pages = stats->zero_pages;
+    size_t len = out->len;
+    unsigned int index = 0;
+    RAMBlock *rb;
+
+    bql_lock();
+    memory_global_dirty_log_sync(false);
+    bql_unlock();
+    if (tcg_enabled()) {
+        /*
+         * A TCG vCPU marks a page dirty, then lets its TLB skip the
+         * marking for later stores to it: a sync between the two would
+         * clear the mark and leave the page unlogged until the next sync.
+         * Sync while no vCPU runs guest code.  The work runs even on a
+         * stopped vCPU, and callers never hold the BQL.
+         */
+        qemu_event_reset(&cap->synced);
+        async_safe_run_on_cpu(first_cpu, colo_ram_sync_work,
+                              RUN_ON_CPU_HOST_PTR(cap));
+        qemu_event_wait(&cap->synced);
+    } else {
+        colo_ram_sync_dirty_log();
+    }
+
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        unsigned long npages = rb->used_length >> TARGET_PAGE_BITS;
+        unsigned long *done, page;
+
+        if (index >= cap->nblocks || !rb->bmap) {
+            break;
+        }
+        done = cap->precopied[index];
+        /* A page copied once already waits for the stop. */
+        bitmap_andnot(cap->scratch, rb->bmap, done, npages);
+        page = find_first_bit(cap->scratch, npages);
+        while (page < npages) {
+            unsigned long end = find_next_zero_bit(cap->scratch, npages,
+                                                   page + 1);
+
+            colo_ram_put_run(out, rb, index, page, end, stats);
+            bitmap_clear(rb->bmap, page, end - page);
+            bitmap_set(done, page, end - page);
+            page = find_next_bit(cap->scratch, npages, end);
+        }
+        index++;
+    }
+    stats->precopied += stats->pages - pages;
+    trace_colo_ram_precopy(stats->pages - pages,
+                           stats->zero_pages - zero_pages, out->len - len,
+                           qemu_clock_get_us(QEMU_CLOCK_REALTIME) - start);
+}
+
+bool colo_ram_capture(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats,
+                      Error **errp)
+{
+    uint64_t pages = stats->pages, zero_pages = stats->zero_pages;
+    size_t len = out->len;
     RAMBlock *rb;
     uint16_t index = 0;
 
-    memset(stats, 0, sizeof(*stats));
     memory_global_dirty_log_sync(false);
+    colo_ram_sync_dirty_log();
 
     RCU_READ_LOCK_GUARD();
     RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
@@ -103,18 +258,6 @@ bool colo_ram_capture(ColoBuf *out, ColoRamStats *stats, Error **errp)
                        rb->idstr);
             return false;
         }
-        cpu_physical_memory_sync_dirty_bitmap(rb, 0, rb->used_length);
-        if (rb->clear_bmap) {
-            /*
-             * The sync only noted which chunks of the accelerator's log
-             * to clear; clear the whole block now so that writes from
-             * here on are logged for the next checkpoint.
-             */
-            memory_region_clear_dirty_bitmap(rb->mr, 0, rb->used_length);
-            bitmap_zero(rb->clear_bmap,
-                        clear_bmap_size(npages, rb->clear_bmap_shift));
-        }
-
         page = find_first_bit(rb->bmap, npages);
         while (page < npages) {
             unsigned long end = find_next_zero_bit(rb->bmap, npages, page + 1);
@@ -123,8 +266,14 @@ bool colo_ram_capture(ColoBuf *out, ColoRamStats *stats, Error **errp)
             bitmap_clear(rb->bmap, page, end - page);
             page = find_next_bit(rb->bmap, npages, end);
         }
+        if (index < cap->nblocks) {
+            /* The next checkpoint holds no copy of anything yet. */
+            bitmap_zero(cap->precopied[index],
+                        rb->max_length >> TARGET_PAGE_BITS);
+        }
         index++;
     }
-    trace_colo_ram_capture(stats->pages, stats->zero_pages, out->len);
+    trace_colo_ram_capture(stats->pages - pages,
+                           stats->zero_pages - zero_pages, out->len - len);
     return true;
 }

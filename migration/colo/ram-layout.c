@@ -92,6 +92,9 @@ uint64_t colo_ram_checkpoint_max(void)
     RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
         pages += rb->used_length >> qemu_target_page_bits();
     }
-    /* Every page dirty, each in a record of its own: the worst case. */
-    return 8 + pages * (qemu_target_page_size() + COLO_RAM_RECORD_SIZE);
+    /*
+     * The worst case: every page pre-copied and dirtied again, each copy
+     * in a record of its own.
+     */
+    return 8 + 2 * pages * (qemu_target_page_size() + COLO_RAM_RECORD_SIZE);
 }

@@ -34,28 +34,44 @@ typedef enum ColoRamRecordKind {
 } ColoRamRecordKind;
 
 typedef struct ColoRamStats {
-    uint64_t pages;         /* dirty pages in the checkpoint */
+    uint64_t pages;         /* page copies in the checkpoint */
     uint64_t zero_pages;    /* of which all zero, sent without contents */
+    uint64_t precopied;     /* of which copied while the VM ran */
 } ColoRamStats;
+
+/* Primary: what the capture keeps from one checkpoint to the next. */
+typedef struct ColoRamCapture ColoRamCapture;
 
 /* Append this side's RAM layout to @out. */
 void colo_ram_layout_encode(GByteArray *out);
 
 /*
  * The longest RAM part a checkpoint of this VM can have: its length field
- * and records for every page.
+ * and records for every page, twice (pre-copied, then dirtied again).
  */
 uint64_t colo_ram_checkpoint_max(void);
 
 /* Check that the peer's layout @buf equals this side's. */
 bool colo_ram_layout_check(const uint8_t *buf, size_t len, Error **errp);
 
+/* Primary: the capture's state, for the RAM layout of now. */
+ColoRamCapture *colo_ram_capture_new(void);
+void colo_ram_capture_free(ColoRamCapture *cap);
+
 /*
- * Primary: append the pages dirtied since the previous call (or since
- * the initial migration) to @out, as RAM records.  Called with the BQL
- * held and the VM stopped.
+ * Primary, VM running, BQL not held: append to @out, as RAM records, the
+ * pages dirtied since the previous call that this checkpoint holds no
+ * copy of yet, and add them to @stats.
  */
-bool colo_ram_capture(ColoBuf *out, ColoRamStats *stats, Error **errp);
+void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats);
+
+/*
+ * Primary, VM stopped, BQL held: append to @out the pages dirtied since
+ * the previous call of either (or since the initial migration), and add
+ * them to @stats.  This ends the checkpoint's RAM part.
+ */
+bool colo_ram_capture(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats,
+                      Error **errp);
 
 /*
  * Secondary: check RAM records @buf completely (block, bounds, lengths),

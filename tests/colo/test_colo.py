@@ -20,12 +20,16 @@
   paused       a primary paused before migrate is protected paused; leaving
                COLO does not resume it.
   shutdown     a guest that powers off in COLO takes both QEMUs down cleanly.
+  precopy      with hot memory, most dirty pages are copied while the VM
+               runs; the pages written again are copied at the stop, and
+               the memories are equal.
 
 Results (checkpoint statistics) go to colo-*.json in the results dir.
 """
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -124,6 +128,46 @@ def test_soak_output_driven(bed, vm_factory, workdir, counter):
     # Replies every 20 ms start checkpoints well beyond the 1 s period.
     assert rate > 10, rate
     assert out["by-output"] > out["by-period"], out
+    assert checkpoints(pvm) == checkpoints(svm)
+    assert_client_ok(CounterLog(client.out))
+    assert diff == [], "pages differ after a checkpoint: %s" % diff[:20]
+
+
+DONE_RE = re.compile(r"colo_checkpoint_done checkpoint (\d+): \d+ bytes, "
+                     r"(\d+) pages \((\d+) copied before the stop\)")
+
+
+def test_precopy_hot_memory(bed, vm_factory, workdir, counter):
+    """Periodic at 1000 ms with the guest dirtying 40 MB/s: most dirty
+    pages are copied while the VM runs, so the pause holds only the pages
+    dirtied since the last pass.  A page written during or after its copy
+    must be copied again at the stop: once the primary stops at a
+    checkpoint, the secondary's memory is the primary's."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir,
+                             append="colo.dirty_mbps=40 colo.dirty_mb=64",
+                             delay_ms=1000, output_delay_us=0,
+                             primary_args=["-trace", "colo_checkpoint_done"])
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(5, 60)
+    # The first checkpoints carry what the initial migration left.
+    wait_checkpoints(pvm, checkpoints(pvm) + 8, timeout=60)
+    client.stop()
+    checkpoint_stopped(pvm, svm)
+    diff = differing_pages(save_memory(pvm, os.path.join(workdir, "p.mem")),
+                           save_memory(svm, os.path.join(workdir, "s.mem")))
+    with open(pvm.stderr_path) as f:
+        done = [(int(seq), int(pages), int(pre))
+                for seq, pages, pre in DONE_RE.findall(f.read())]
+    steady = done[2:-1]     # not the first ones, nor the stopped one
+    pages = sum(d[1] for d in steady)
+    pre = sum(d[2] for d in steady)
+    print("\nprecopy: %d checkpoints, %d page copies, %d before the stop"
+          % (len(steady), pages, pre))
+    assert len(steady) >= 5, done
+    # ~10000 pages dirtied a second, passes every 10 ms: nearly all are
+    # copied before the stop.
+    assert pages > 5000 * len(steady), steady
+    assert pre > 0.8 * pages, steady
     assert checkpoints(pvm) == checkpoints(svm)
     assert_client_ok(CounterLog(client.out))
     assert diff == [], "pages differ after a checkpoint: %s" % diff[:20]
