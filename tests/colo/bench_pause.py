@@ -10,9 +10,12 @@ while with the counter client sending a request every 20 ms, and reads
     a reply waits for the checkpoint that covers it.
 A first row measures the same guest without COLO, for the latency baseline.
 It prints median, p99 and max per scenario and writes them as JSON.
+With --qemu-b, every COLO scenario runs again right after with that QEMU
+(another build of ours, e.g. before a change): rows marked "-b".
 
     sudo /usr/bin/python3 tests/colo/bench_pause.py [--out FILE]
-        [--rates 0,20] [--delays 100,1000] [--seconds 30]
+        [--rates 0,20] [--delays 100,1000] [--seconds 30] [--rounds 1]
+        [--qemu-b PATH]
 """
 
 import argparse
@@ -53,13 +56,13 @@ def latency(rtts):
             "rtt_p99_ms": round(percentile(rtts, 99), 2)}
 
 
-def run_scenario(rate, delay, seconds):
+def run_scenario(rate, delay, seconds, qemu=None):
     """DELAY None: no COLO, the guest alone (latency baseline)."""
     with standalone_bed("colo-bench-") as (bed, make_vm, workdir):
-        return measure(bed, make_vm, workdir, rate, delay, seconds)
+        return measure(bed, make_vm, workdir, rate, delay, seconds, qemu)
 
 
-def measure(bed, make_vm, workdir, rate, delay, seconds):
+def measure(bed, make_vm, workdir, rate, delay, seconds, qemu=None):
     client = None
     try:
         append = "colo.dirty_mbps=%d colo.dirty_mb=64" % rate if rate else ""
@@ -69,6 +72,7 @@ def measure(bed, make_vm, workdir, rate, delay, seconds):
         else:
             pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
                                      delay_ms=delay, output_delay_us=0,
+                                     qemu=qemu,
                                      primary_args=["-trace",
                                                    "colo_checkpoint_resume"])
             # Skip the first checkpoints: they carry what the initial
@@ -106,25 +110,36 @@ def main():
     ap.add_argument("--delays", default="100,1000")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--qemu-b", default=None)
     args = ap.parse_args()
+    runs = [(None, "")]
+    if args.qemu_b:
+        runs.append((args.qemu_b, "-b"))
+    scenarios = [(rate, delay, qemu, label)
+                 for _ in range(args.rounds)
+                 for rate in [int(x) for x in args.rates.split(",")]
+                 for delay in [None] + [int(x) for x in args.delays.split(",")]
+                 for qemu, label in runs
+                 if delay is not None or qemu is None]
     rows = []
-    for rate in [int(x) for x in args.rates.split(",")]:
-        for delay in [None] + [int(x) for x in args.delays.split(",")]:
-            row = run_scenario(rate, delay, args.seconds)
-            rows.append(row)
-            if delay is None:
-                print("dirty %3d MB/s  no COLO         request/response median"
-                      " %6.2f ms p99 %6.2f ms" % (rate, row["rtt_median_ms"],
-                                                  row["rtt_p99_ms"]),
-                      flush=True)
-                continue
-            print("dirty %3d MB/s  delay %5d ms  %4d checkpoints  pause median"
-                  " %6.2f ms  p99 %6.2f ms  max %6.2f ms  %9d bytes/ckpt  "
-                  "request/response median %7.2f ms p99 %7.2f ms" % (
-                      rate, delay, row["checkpoints"], row["pause_median_ms"],
-                      row["pause_p99_ms"], row["pause_max_ms"],
-                      row["bytes_per_checkpoint"], row["rtt_median_ms"],
-                      row["rtt_p99_ms"]), flush=True)
+    for rate, delay, qemu, label in scenarios:
+        row = run_scenario(rate, delay, args.seconds, qemu)
+        row["qemu"] = qemu or "ours"
+        rows.append(row)
+        if delay is None:
+            print("dirty %3d MB/s  no COLO         request/response median"
+                  " %6.2f ms p99 %6.2f ms" % (rate, row["rtt_median_ms"],
+                                              row["rtt_p99_ms"]),
+                  flush=True)
+            continue
+        print("dirty %3d MB/s  delay %5d%-2s ms  %4d checkpoints  pause median"
+              " %6.2f ms  p99 %6.2f ms  max %6.2f ms  %9d bytes/ckpt  "
+              "request/response median %7.2f ms p99 %7.2f ms" % (
+                  rate, delay, label, row["checkpoints"],
+                  row["pause_median_ms"], row["pause_p99_ms"],
+                  row["pause_max_ms"], row["bytes_per_checkpoint"],
+                  row["rtt_median_ms"], row["rtt_p99_ms"]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
