@@ -125,8 +125,11 @@ void colo_stats_add_output(ColoCheckpointCause cause, uint64_t packets,
 void colo_stats_set_in_flight(uint64_t in_flight);
 
 
-/* The two sides' loops. */
-void colo_primary_run(MigrationState *s);
+/*
+ * The two sides' loops.  The primary's returns whether COLO gave the VM
+ * its run state back.
+ */
+bool colo_primary_run(MigrationState *s);
 void colo_secondary_run(MigrationIncomingState *mis);
 
 #endif

@@ -132,7 +132,6 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
                 qatomic_read(&colo_state.cancel_requested));
     qatomic_set(&colo_state.guest_shutdown, false);
     qatomic_set(&colo_state.quitting, false);
-    qatomic_set(&colo_state.stop_requested, false);
     failover_init_state();
     while (!qemu_sem_timedwait(&colo_state.primary_exited, 0)) {
         /* drain a post left by an earlier COLO run */
@@ -324,11 +323,15 @@ void colo_shutdown(void)
 
 void colo_stop_request(Error **errp)
 {
-    if (get_colo_mode() != COLO_MODE_PRIMARY) {
+    /*
+     * A primary's outgoing migration is in COLO state from the initial
+     * migration's end until the primary's loop ends, which covers every
+     * instant its VM is in run state "colo" (BQL held).
+     */
+    if (migrate_get_current()->state != MIGRATION_STATUS_COLO) {
         error_setg(errp, "The VM is stopped by COLO");
         return;
     }
-    /* The run state is "colo" only inside a checkpoint's stop (BQL). */
     qatomic_set(&colo_state.stop_requested, true);
 }
 
@@ -349,9 +352,37 @@ void colo_cancel(void)
 
 void migrate_start_colo_process(MigrationState *s)
 {
+    bool resumed;
+
+    /*
+     * The VM stopped for the migration's end; from here until COLO gives
+     * it its run state back, it is stopped by COLO: a "stop" meanwhile is
+     * kept for later (colo_stop_request()), a "cont" is refused.  In run
+     * state finish-migrate, a "stop" would be ignored and then undone.
+     */
+    qatomic_set(&colo_state.stop_requested, false);
+    if (runstate_check(RUN_STATE_FINISH_MIGRATE)) {
+        runstate_set(RUN_STATE_COLO);
+    }
     bql_unlock();
-    colo_primary_run(s);
+    resumed = colo_primary_run(s);
     bql_lock();
+    /*
+     * What the migration's end restores, read under the BQL it holds
+     * until then, so that no "stop" falls in between: the run state COLO
+     * left the VM in; for a VM that COLO never gave its state back, the
+     * one before migrate, or paused if a "stop" came meanwhile.
+     */
+    if (resumed) {
+        s->vm_old_state = runstate_get();
+    } else if (runstate_check(RUN_STATE_COLO)) {
+        if (qatomic_xchg(&colo_state.stop_requested, false)) {
+            s->vm_old_state = RUN_STATE_PAUSED;
+        }
+        if (!runstate_is_live(s->vm_old_state)) {
+            runstate_set(s->vm_old_state);
+        }
+    }
 }
 
 void coroutine_fn colo_incoming_co(void)

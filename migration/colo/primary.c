@@ -391,15 +391,22 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     ok = !*errp && colo_fencing_protected(errp) &&
          colo_output_start(&colo_primary_output_hooks, errp);
     if (ok) {
-        /* As it was before the migration: a paused VM stays paused. */
-        vm_resume(p->s->vm_old_state);
+        /*
+         * As it was before the migration: a paused VM stays paused, and
+         * so does one that was stopped since (migrate_start_colo_process()).
+         */
+        if (qatomic_xchg(&colo_state.stop_requested, false)) {
+            runstate_set(RUN_STATE_PAUSED);
+        } else {
+            vm_resume(p->s->vm_old_state);
+        }
         p->resumed = true;
     }
     bql_unlock();
     return ok;
 }
 
-void colo_primary_run(MigrationState *s)
+bool colo_primary_run(MigrationState *s)
 {
     ColoPrimary p = { .s = s };
     Error *err = NULL;
@@ -500,15 +507,6 @@ void colo_primary_run(MigrationState *s)
     colo_state_exit(reason, err);
     colo_failover_end();
     /*
-     * What the migration's end restores: the VM's state as COLO left it;
-     * if COLO never gave the VM back its state, the one before migrate.
-     */
-    if (p.resumed) {
-        bql_lock();
-        s->vm_old_state = runstate_get();
-        bql_unlock();
-    }
-    /*
      * The VM did not move: this migration failed or was abandoned, never
      * "completed" (which would tell listeners, SPICE among them, that
      * the VM now runs on the other side).
@@ -524,4 +522,5 @@ void colo_primary_run(MigrationState *s)
     colo_ram_capture_free(p.capture);
     colo_buf_free(&p.reply);
     qemu_sem_post(&colo_state.primary_exited);
+    return p.resumed;
 }
