@@ -13,7 +13,7 @@ BUILD_PKGS="build-essential pkg-config ninja-build ccache dpkg-dev python3 pytho
  flex bison check quilt gcc-multilib"
 FIRMWARE_PKGS="seabios ipxe-qemu"
 TEST_PKGS="busybox-static cpio gzip xz-utils kmod iproute2 procps psmisc e2fsprogs
- python3-pytest spin iptables redis-tools"
+ python3-pytest spin iptables redis-tools etcd-server"
 
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then
