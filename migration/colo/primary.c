@@ -22,7 +22,6 @@
 #include "qemu/timer.h"
 #include "io/channel-buffer.h"
 #include "block/replication.h"
-#include "system/cpus.h"
 #include "system/runstate.h"
 #include "system/system.h"
 #include "migration/colo.h"
@@ -170,15 +169,6 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     bql_lock();
     t_stop = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     was_live = runstate_is_live(runstate_get());
-    if (!was_live) {
-        /*
-         * A "stop" may be under way: its run state is set, and it waits
-         * for the vCPUs with the BQL dropped, which is how this thread got
-         * it.  A vCPU may not have left guest code yet: wait for them too,
-         * so that nothing writes the RAM or the CPU state being captured.
-         */
-        pause_all_vcpus();
-    }
     /*
      * Stop and drain, even a VM that is not running: a write of this
      * epoch must have reached both sides before the secondary takes the
