@@ -10,6 +10,7 @@ set -eu
 # Binary packages needed on the host.  Keep sorted by purpose.
 BUILD_PKGS="build-essential pkg-config ninja-build ccache dpkg-dev python3 python3-venv
  libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libaio-dev
+ libcurl4-gnutls-dev
  flex bison check quilt gcc-multilib"
 FIRMWARE_PKGS="seabios ipxe-qemu"
 TEST_PKGS="busybox-static cpio gzip xz-utils kmod iproute2 procps psmisc e2fsprogs

@@ -20,7 +20,7 @@ log() { echo "stage: $*" >&2; }
 die() { echo "stage: error: $*" >&2; exit 1; }
 
 # Directories of the repo whose files are part of QEMU's tree.
-overlay_dirs="block configs docs include migration net qapi stubs system tests/qtest hw util"
+overlay_dirs="block configs docs include migration net qapi stubs system tests/qtest tools hw util"
 
 quilt_q() {
     (cd "$src" && quilt --quiltrc="$top/scripts/quiltrc" "$@")

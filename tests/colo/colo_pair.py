@@ -194,15 +194,26 @@ def differing_pages(path_a, path_b):
 
 
 def checkpoint_stopped(pvm, svm):
-    """Take checkpoints with the primary stopped, so that both sides stand
-    at the same state: the second one was certainly captured after the
-    stop.  Periodic and output-driven checkpoints are held off from then
-    on: the next is the one the caller asks for."""
+    """Take a checkpoint with the primary stopped, so that both sides stand
+    at the same state, and return the secondary's checkpoint count then.
+    Periodic and output-driven checkpoints are held off from then on: the
+    next is the one the caller asks for.
+
+    Counted by cause, not by number: a request is one flag, so a request
+    made while an earlier one is still pending is merged into it.  The
+    checkpoint that consumed this request was started after it, so after
+    the stop took effect (a stop during a checkpoint takes effect at its
+    end); once it is loaded and nothing is in flight, nothing is pending."""
     pvm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 3600 * 1000,
                                        "x-colo-output-delay": 0})
     pvm.qmp("stop")
-    n = checkpoints(svm)
-    for i in (1, 2):
-        pvm.qmp("x-colo-checkpoint")
-        wait_checkpoints(svm, n + i - 1)
+    requested = colo_status(pvm)["stats"]["by-request"]
+    pvm.qmp("x-colo-checkpoint")
+    wait_until(lambda: colo_status(pvm)["stats"]["by-request"] > requested,
+               60, "the requested checkpoint")
+
+    def settled():
+        p, s = colo_status(pvm)["stats"], colo_status(svm)["stats"]
+        return p["in-flight"] == 0 and p["checkpoints"] == s["checkpoints"]
+    wait_until(settled, 60, "the secondary to load every checkpoint sent")
     return checkpoints(svm)

@@ -1,0 +1,308 @@
+/*
+ * colo-manager: who serves, decided through etcd
+ *
+ * Every round, in this order (the model's, tests/model/colo-manager.pml):
+ *   1. a reading C of QEMU's lease clock (query-colo-status);
+ *   2. then a keep-alive of this host's etcd lease, which etcd runs its
+ *      TTL from when it handles it, after C;
+ *   3. then, holding the primary key, a grant to QEMU of validity-ms
+ *      from C: QEMU's lease lapses before etcd's can expire
+ *      (manager_config_load() checks TTL against validity).
+ * No reading, no keep-alive: a QEMU that is dead or hung lets the key
+ * go.  A keep-alive that finds the lease expired means the key is gone
+ * for good (MP_LOST).
+ *
+ * Copyright (c) 2026 The COLO project authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qobject/qdict.h"
+#include "arbitration.h"
+
+/* What a reading of QEMU's COLO status says. */
+typedef struct ColoReading {
+    char mode[16];              /* primary, secondary, none */
+    int64_t clock_ms;           /* x-lease.clock-ms */
+    bool alone;                 /* x-lease.alone */
+    char lease_state[16];       /* x-lease.state */
+} ColoReading;
+
+const char *manager_state_name(ManagerState s)
+{
+    static const char *const names[] = {
+        [M_JOIN] = "M_JOIN", [MP_HOLD] = "MP_HOLD", [MP_LOST] = "MP_LOST",
+        [MS_WATCH] = "MS_WATCH", [MS_TOOK] = "MS_TOOK",
+    };
+
+    return names[s];
+}
+
+void arbitration_init(Arbitration *a, const ManagerConfig *cfg,
+                      EtcdClient *etcd, QmpClient *qmp)
+{
+    memset(a, 0, sizeof(*a));
+    a->cfg = cfg;
+    a->etcd = etcd;
+    a->qmp = qmp;
+    a->state = M_JOIN;
+    a->key_primary = manager_config_key(cfg, "primary");
+    a->key_successor = manager_config_key(cfg, "successor");
+}
+
+void arbitration_cleanup(Arbitration *a)
+{
+    g_free(a->key_primary);
+    g_free(a->key_successor);
+    g_free(a->last_error);
+}
+
+static void arbitration_set_state(Arbitration *a, ManagerState s,
+                                  const char *why)
+{
+    info_report("%s -> %s: %s", manager_state_name(a->state),
+                manager_state_name(s), why);
+    a->state = s;
+}
+
+/* Report @err unless the last round reported the same; frees it. */
+static void arbitration_report(Arbitration *a, Error *err)
+{
+    const char *msg = error_get_pretty(err);
+
+    if (g_strcmp0(msg, a->last_error)) {
+        warn_report("%s: %s", manager_state_name(a->state), msg);
+        g_free(a->last_error);
+        a->last_error = g_strdup(msg);
+    }
+    error_free(err);
+}
+
+static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
+{
+    g_autoptr(QDict) st = qmp_client_call(a->qmp, "query-colo-status",
+                                          NULL, errp);
+    QDict *lease;
+
+    if (!st) {
+        return false;
+    }
+    lease = qdict_get_qdict(st, "x-lease");
+    if (!lease || !qdict_get_try_bool(lease, "arbitrated", false)) {
+        error_setg(errp, "QEMU's COLO is not arbitrated: set capability "
+                   "x-colo-arbitrated before migrating");
+        return false;
+    }
+    pstrcpy(r->mode, sizeof(r->mode), qdict_get_try_str(st, "mode") ?: "");
+    pstrcpy(r->lease_state, sizeof(r->lease_state),
+            qdict_get_try_str(lease, "state") ?: "");
+    r->clock_ms = qdict_get_try_int(lease, "clock-ms", 0);
+    r->alone = qdict_get_try_bool(lease, "alone", false);
+    return true;
+}
+
+/*
+ * Renew this host's etcd lease.  One that expired is gone with what it
+ * held: holding the key, that is MP_LOST; otherwise a new one is taken.
+ * True when the lease runs TTL from now.
+ */
+static bool arbitration_keepalive(Arbitration *a, Error **errp)
+{
+    bool alive = false;
+
+    if (a->lease &&
+        !etcd_lease_keepalive(a->etcd, a->lease, &alive, errp)) {
+        return false;
+    }
+    if (alive) {
+        return true;
+    }
+    if (a->state == MP_HOLD) {
+        arbitration_set_state(a, MP_LOST, "the etcd lease expired: the "
+                              "primary key is gone, no more grants");
+        return false;
+    }
+    if (a->lease) {
+        info_report("etcd lease %" PRIx64 " expired; taking a new one",
+                    a->lease);
+    }
+    a->lease = 0;
+    return etcd_lease_grant(a->etcd, a->cfg->ttl_s, &a->lease, errp);
+}
+
+static bool arbitration_grant(Arbitration *a, const ColoReading *r,
+                              Error **errp)
+{
+    QDict *args = qdict_new();
+    g_autoptr(QDict) ret = NULL;
+
+    qdict_put_int(args, "validity-ms", a->cfg->validity_ms);
+    qdict_put_int(args, "clock-ms", r->clock_ms);
+    qdict_put_bool(args, "sole", a->sole);
+    ret = qmp_client_call(a->qmp, "x-colo-lease-grant", args, errp);
+    return ret != NULL;
+}
+
+/*
+ * M_JOIN: a QEMU primary in COLO claims the primary key, free or already
+ * this host's (a restarted manager), and names its peer successor when
+ * it takes it free: the secondary stands at every checkpoint whose
+ * output the primary released.  A secondary's manager watches.
+ */
+static bool arbitration_join(Arbitration *a, const ColoReading *r,
+                             Error **errp)
+{
+    g_autoptr(EtcdTxn) claim = NULL;
+    g_autoptr(EtcdTxn) again = NULL;
+    g_autofree char *holder = NULL;
+    bool ok;
+
+    if (!strcmp(r->mode, "secondary")) {
+        arbitration_set_state(a, MS_WATCH, "QEMU is the secondary");
+        return true;
+    }
+    if (strcmp(r->mode, "primary")) {
+        return true;            /* not in COLO yet */
+    }
+    claim = etcd_txn_new();
+    etcd_txn_if_absent(claim, a->key_primary);
+    etcd_txn_put(claim, a->key_primary, a->cfg->host, a->lease);
+    etcd_txn_put(claim, a->key_successor, a->cfg->peer, 0);
+    if (!etcd_txn_commit(a->etcd, claim, &ok, errp)) {
+        return false;
+    }
+    if (ok) {
+        arbitration_set_state(a, MP_HOLD, "took the free primary key");
+        return true;
+    }
+    again = etcd_txn_new();
+    etcd_txn_if_equal(again, a->key_primary, a->cfg->host);
+    etcd_txn_put(again, a->key_primary, a->cfg->host, a->lease);
+    if (!etcd_txn_commit(a->etcd, again, &ok, errp)) {
+        return false;
+    }
+    if (ok) {
+        /* A sole grant is never made before the successor is gone. */
+        if (!etcd_get(a->etcd, a->key_successor, &holder, errp)) {
+            return false;
+        }
+        a->sole = !holder;
+        arbitration_set_state(a, MP_HOLD, "the primary key already names "
+                              "this host");
+        return true;
+    }
+    if (etcd_get(a->etcd, a->key_primary, &holder, NULL) && holder) {
+        error_setg(errp, "QEMU is a primary, but the primary key names %s: "
+                   "no lease for it", holder);
+    } else {
+        error_setg(errp, "the primary key changed hands; trying again");
+    }
+    return false;
+}
+
+/*
+ * MP_HOLD, its QEMU serving alone: remove the successor, only while
+ * this host holds the primary key, before any sole grant.
+ */
+static bool arbitration_alone(Arbitration *a, Error **errp)
+{
+    g_autoptr(EtcdTxn) alone = etcd_txn_new();
+    bool ok;
+
+    etcd_txn_if_equal(alone, a->key_primary, a->cfg->host);
+    etcd_txn_delete(alone, a->key_successor);
+    if (!etcd_txn_commit(a->etcd, alone, &ok, errp)) {
+        return false;
+    }
+    if (!ok) {
+        arbitration_set_state(a, MP_LOST, "the primary key is no longer "
+                              "this host's");
+        return false;
+    }
+    info_report("QEMU serves alone: successor removed, leases are sole");
+    a->sole = true;
+    return true;
+}
+
+/*
+ * MS_WATCH: take the primary key, in one transaction, only if it is gone
+ * (its holder's etcd lease expired) and this host is the successor; the
+ * successor key goes with it.  Only then hand over.
+ */
+static bool arbitration_take(Arbitration *a, const ColoReading *r,
+                             Error **errp)
+{
+    g_autoptr(EtcdTxn) take = NULL;
+    bool ok;
+
+    if (strcmp(r->mode, "secondary")) {
+        error_setg(errp, "QEMU is no longer a secondary in COLO (mode %s): "
+                   "it cannot take over", r->mode);
+        return false;
+    }
+    take = etcd_txn_new();
+    etcd_txn_if_absent(take, a->key_primary);
+    etcd_txn_if_equal(take, a->key_successor, a->cfg->host);
+    etcd_txn_put(take, a->key_primary, a->cfg->host, a->lease);
+    etcd_txn_delete(take, a->key_successor);
+    if (!etcd_txn_commit(a->etcd, take, &ok, errp)) {
+        return false;
+    }
+    if (ok) {
+        arbitration_set_state(a, MS_TOOK, "the primary key was free and "
+                              "this host the successor: taking over");
+        a->sole = true;
+    }
+    return true;
+}
+
+void arbitration_round(Arbitration *a)
+{
+    Error *err = NULL;
+    ColoReading r;
+
+    if (a->state == MP_LOST) {
+        return;
+    }
+    if (!arbitration_read(a, &r, &err) ||
+        !arbitration_keepalive(a, &err)) {
+        goto fail;
+    }
+    switch (a->state) {
+    case M_JOIN:
+        if (!arbitration_join(a, &r, &err) || a->state != MP_HOLD) {
+            goto fail;
+        }
+        break;
+    case MS_WATCH:
+        if (!arbitration_take(a, &r, &err) || a->state != MS_TOOK) {
+            goto fail;
+        }
+        break;
+    case MP_HOLD:
+        if (r.alone && !a->sole && !arbitration_alone(a, &err)) {
+            goto fail;
+        }
+        break;
+    case MS_TOOK:
+        break;                  /* the hand-over's grant failed: again */
+    default:
+        g_assert_not_reached();
+    }
+    if (!arbitration_grant(a, &r, &err)) {
+        goto fail;
+    }
+    if (a->state == MS_TOOK) {
+        arbitration_set_state(a, MP_HOLD, "handed over: QEMU serves alone");
+    }
+    g_clear_pointer(&a->last_error, g_free);
+    return;
+
+fail:
+    if (err) {
+        arbitration_report(a, err);
+    }
+}

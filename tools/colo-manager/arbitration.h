@@ -1,0 +1,54 @@
+/*
+ * colo-manager: who serves, decided through etcd
+ *
+ * The rule of docs/devel/migration/colo.rst, "Arbitration through etcd",
+ * model-checked in tests/model/colo-manager.pml, whose state names
+ * (MP_HOLD, MP_LOST, MS_WATCH, MS_TOOK) are the ones used here.
+ *
+ * Copyright (c) 2026 The COLO project authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef COLO_MANAGER_ARBITRATION_H
+#define COLO_MANAGER_ARBITRATION_H
+
+#include "config.h"
+#include "etcd.h"
+#include "qmp.h"
+
+typedef enum ManagerState {
+    /* Its QEMU is not in COLO yet, or the primary key names another. */
+    M_JOIN,
+    /* Holds the primary key: renews its etcd lease, grants QEMU's. */
+    MP_HOLD,
+    /* Its etcd lease expired while holding the key: never grants again. */
+    MP_LOST,
+    /* Beside a secondary: takes the key once it is free and its own. */
+    MS_WATCH,
+    /* Took the key: hands over, then holds it (MP_HOLD, sole). */
+    MS_TOOK,
+} ManagerState;
+
+typedef struct Arbitration {
+    const ManagerConfig *cfg;
+    EtcdClient *etcd;
+    QmpClient *qmp;
+    ManagerState state;
+    int64_t lease;              /* this host's etcd lease, 0 if none */
+    bool sole;                  /* MP_HOLD: the successor key is removed */
+    char *key_primary;
+    char *key_successor;
+    char *last_error;           /* the last round's, reported once */
+} Arbitration;
+
+void arbitration_init(Arbitration *a, const ManagerConfig *cfg,
+                      EtcdClient *etcd, QmpClient *qmp);
+void arbitration_cleanup(Arbitration *a);
+
+/* One round: read QEMU, renew, decide, grant. */
+void arbitration_round(Arbitration *a);
+
+const char *manager_state_name(ManagerState s);
+
+#endif

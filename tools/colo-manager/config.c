@@ -1,0 +1,132 @@
+/*
+ * colo-manager: its configuration file
+ *
+ * Copyright (c) 2026 The COLO project authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "config.h"
+
+static char *config_string(GKeyFile *kf, const char *group, const char *key,
+                           Error **errp)
+{
+    g_autoptr(GError) gerr = NULL;
+    char *v = g_key_file_get_string(kf, group, key, &gerr);
+
+    if (!v || !*v) {
+        error_setg(errp, "[%s] %s is missing", group, key);
+        g_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* [group] key as an integer in [min, max], or @def when absent. */
+static bool config_int(GKeyFile *kf, const char *group, const char *key,
+                       int64_t def, int64_t min, int64_t max, int64_t *out,
+                       Error **errp)
+{
+    g_autoptr(GError) gerr = NULL;
+    int64_t v;
+
+    if (!g_key_file_has_key(kf, group, key, NULL)) {
+        *out = def;
+        return true;
+    }
+    v = g_key_file_get_int64(kf, group, key, &gerr);
+    if (gerr) {
+        error_setg(errp, "[%s] %s: %s", group, key, gerr->message);
+        return false;
+    }
+    if (v < min || v > max) {
+        error_setg(errp, "[%s] %s is %" PRId64 ", it must be between %"
+                   PRId64 " and %" PRId64, group, key, v, min, max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool manager_config_load(ManagerConfig *cfg, const char *path, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) gerr = NULL;
+    g_autofree char *endpoints = NULL;
+
+    memset(cfg, 0, sizeof(*cfg));
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &gerr)) {
+        error_setg(errp, "cannot read %s: %s", path, gerr->message);
+        return false;
+    }
+    if (!(cfg->vm = config_string(kf, "vm", "name", errp)) ||
+        !(cfg->host = config_string(kf, "host", "name", errp)) ||
+        !(cfg->peer = config_string(kf, "host", "peer", errp)) ||
+        !(cfg->qmp = config_string(kf, "host", "qmp", errp)) ||
+        !(endpoints = config_string(kf, "etcd", "endpoints", errp))) {
+        goto fail;
+    }
+    if (!strcmp(cfg->host, cfg->peer)) {
+        error_setg(errp, "[host] name and peer are both '%s'", cfg->host);
+        goto fail;
+    }
+    if (strchr(cfg->vm, '/')) {
+        error_setg(errp, "[vm] name '%s' holds a '/'", cfg->vm);
+        goto fail;
+    }
+    cfg->etcd_endpoints = g_strsplit(endpoints, ";", -1);
+    if (!config_int(kf, "etcd", "ttl", 5, 2, 3600, &cfg->ttl_s, errp) ||
+        !config_int(kf, "etcd", "timeout-ms", 1000, 10, 60000,
+                    &cfg->etcd_timeout_ms, errp) ||
+        !config_int(kf, "lease", "validity-ms", 4000, 100, 3600000,
+                    &cfg->validity_ms, errp) ||
+        !config_int(kf, "lease", "renew-ms", cfg->validity_ms / 4, 10,
+                    3600000, &cfg->renew_ms, errp) ||
+        !config_int(kf, "lease", "qmp-timeout-ms", 300, 10, 60000,
+                    &cfg->qmp_timeout_ms, errp)) {
+        goto fail;
+    }
+    /*
+     * QEMU's lease, counted from a reading taken before the keep-alive
+     * that makes etcd run its TTL, must lapse before etcd's lease can
+     * expire, drift included: the key passes only once QEMU stopped.
+     */
+    if (cfg->ttl_s * 1000 < cfg->validity_ms * (1 + MANAGER_CLOCK_RHO) +
+                            MANAGER_CLOCK_EPS_MS) {
+        error_setg(errp, "[etcd] ttl (%" PRId64 " s) must exceed [lease] "
+                   "validity-ms (%" PRId64 ") by %.0f %% and %d ms",
+                   cfg->ttl_s, cfg->validity_ms, MANAGER_CLOCK_RHO * 100,
+                   MANAGER_CLOCK_EPS_MS);
+        goto fail;
+    }
+    if (cfg->renew_ms * 2 > cfg->validity_ms) {
+        error_setg(errp, "[lease] renew-ms (%" PRId64 ") must be at most "
+                   "half of validity-ms (%" PRId64 ")", cfg->renew_ms,
+                   cfg->validity_ms);
+        goto fail;
+    }
+    return true;
+
+fail:
+    error_prepend(errp, "%s: ", path);
+    manager_config_free(cfg);
+    return false;
+}
+
+void manager_config_free(ManagerConfig *cfg)
+{
+    g_free(cfg->vm);
+    g_free(cfg->host);
+    g_free(cfg->peer);
+    g_free(cfg->qmp);
+    g_strfreev(cfg->etcd_endpoints);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+char *manager_config_key(const ManagerConfig *cfg, const char *what)
+{
+    return g_strdup_printf("colo/%s/%s", cfg->vm, what);
+}

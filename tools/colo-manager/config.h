@@ -1,0 +1,55 @@
+/*
+ * colo-manager: its configuration file
+ *
+ * Copyright (c) 2026 The COLO project authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef COLO_MANAGER_CONFIG_H
+#define COLO_MANAGER_CONFIG_H
+
+/*
+ * A GLib key file (docs/system/colo-manager.rst):
+ *
+ *   [vm]
+ *   name = web1                      etcd keys: colo/web1/...
+ *   [host]
+ *   name = host-a                    this host, as etcd names it
+ *   peer = host-b                    the other host of the pair
+ *   qmp = /run/colo/web1-manager.sock  this host's QEMU, a monitor of
+ *                                    the manager's own
+ *   [etcd]
+ *   endpoints = http://10.0.0.5:2379;http://10.0.0.6:2379
+ *   ttl = 5                          the etcd lease, seconds
+ *   timeout-ms = 1000                one request to etcd
+ *   [lease]
+ *   validity-ms = 4000               the lease granted to QEMU
+ *   renew-ms = 1000                  how often it is renewed
+ *   qmp-timeout-ms = 300             one QMP command
+ */
+typedef struct ManagerConfig {
+    char *vm;
+    char *host;
+    char *peer;
+    char *qmp;
+    char **etcd_endpoints;
+    int64_t ttl_s;
+    int64_t etcd_timeout_ms;
+    int64_t validity_ms;
+    int64_t renew_ms;
+    int64_t qmp_timeout_ms;
+} ManagerConfig;
+
+/* The drift allowed between QEMU's lease clock and etcd's, and more. */
+#define MANAGER_CLOCK_RHO       0.01
+#define MANAGER_CLOCK_EPS_MS    50
+
+bool manager_config_load(ManagerConfig *cfg, const char *path,
+                         Error **errp);
+void manager_config_free(ManagerConfig *cfg);
+
+/* The etcd key of @cfg's VM named @what ("primary", "successor"). */
+char *manager_config_key(const ManagerConfig *cfg, const char *what);
+
+#endif

@@ -1,0 +1,251 @@
+/*
+ * colo-manager: a QMP client of its host's QEMU
+ *
+ * QEMU's monitor writes one JSON object per line: the greeting, then
+ * for each command its answer, with events in between.
+ *
+ * Copyright (c) 2026 The COLO project authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <poll.h>
+#include <sys/un.h>
+#include "qapi/error.h"
+#include "qemu/timer.h"
+#include "qobject/qdict.h"
+#include "qobject/qjson.h"
+#include "qmp.h"
+
+struct QmpClient {
+    char *path;
+    int64_t timeout_ms;
+    int fd;
+    GString *in;                /* read, not yet a whole line */
+};
+
+QmpClient *qmp_client_new(const char *path, int64_t timeout_ms)
+{
+    QmpClient *c = g_new0(QmpClient, 1);
+
+    c->path = g_strdup(path);
+    c->timeout_ms = timeout_ms;
+    c->fd = -1;
+    c->in = g_string_new("");
+    return c;
+}
+
+static void qmp_client_close(QmpClient *c)
+{
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    g_string_truncate(c->in, 0);
+}
+
+void qmp_client_free(QmpClient *c)
+{
+    if (!c) {
+        return;
+    }
+    qmp_client_close(c);
+    g_string_free(c->in, true);
+    g_free(c->path);
+    g_free(c);
+}
+
+/* Wait for @events on the socket until @deadline (ms, monotonic). */
+static bool qmp_wait(QmpClient *c, short events, int64_t deadline,
+                     Error **errp)
+{
+    for (;;) {
+        struct pollfd pfd = { .fd = c->fd, .events = events };
+        int64_t left = deadline - get_clock() / SCALE_MS;
+        int r;
+
+        if (left <= 0) {
+            error_setg(errp, "QEMU's monitor %s did not answer within "
+                       "%" PRId64 " ms", c->path, c->timeout_ms);
+            return false;
+        }
+        r = poll(&pfd, 1, left);
+        if (r > 0) {
+            return true;
+        }
+        if (r < 0 && errno != EINTR) {
+            error_setg_errno(errp, errno, "poll");
+            return false;
+        }
+    }
+}
+
+static bool qmp_write(QmpClient *c, const char *s, int64_t deadline,
+                      Error **errp)
+{
+    size_t len = strlen(s);
+
+    while (len) {
+        ssize_t n;
+
+        if (!qmp_wait(c, POLLOUT, deadline, errp)) {
+            return false;
+        }
+        n = send(c->fd, s, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                continue;
+            }
+            error_setg_errno(errp, errno, "QEMU's monitor %s", c->path);
+            return false;
+        }
+        s += n;
+        len -= n;
+    }
+    return true;
+}
+
+/* The next JSON object the monitor sends. */
+static QDict *qmp_read(QmpClient *c, int64_t deadline, Error **errp)
+{
+    for (;;) {
+        char *nl = strchr(c->in->str, '\n');
+        char buf[4096];
+        ssize_t n;
+
+        if (nl) {
+            g_autofree char *line = g_strndup(c->in->str, nl - c->in->str);
+            QObject *obj;
+            QDict *dict;
+
+            g_string_erase(c->in, 0, nl - c->in->str + 1);
+            obj = qobject_from_json(line, NULL);
+            dict = qobject_to(QDict, obj);
+            if (!dict) {
+                qobject_unref(obj);
+                error_setg(errp, "QEMU's monitor %s sent something that is "
+                           "not a JSON object", c->path);
+                return NULL;
+            }
+            return dict;
+        }
+        if (!qmp_wait(c, POLLIN, deadline, errp)) {
+            return NULL;
+        }
+        n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (n <= 0) {
+            error_setg(errp, "QEMU's monitor %s closed", c->path);
+            return NULL;
+        }
+        g_string_append_len(c->in, buf, n);
+    }
+}
+
+/* Send @request (taken) and read its answer, skipping events. */
+static QDict *qmp_exchange(QmpClient *c, QDict *request, int64_t deadline,
+                           Error **errp)
+{
+    g_autoptr(GString) json = qobject_to_json(QOBJECT(request));
+
+    qobject_unref(request);
+    g_string_append_c(json, '\n');
+    if (!qmp_write(c, json->str, deadline, errp)) {
+        return NULL;
+    }
+    for (;;) {
+        QDict *answer = qmp_read(c, deadline, errp);
+
+        if (!answer || !qdict_haskey(answer, "event")) {
+            return answer;
+        }
+        qobject_unref(answer);
+    }
+}
+
+static bool qmp_connect(QmpClient *c, int64_t deadline, Error **errp)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    g_autoptr(QDict) greeting = NULL;
+    g_autoptr(QDict) answer = NULL;
+    QDict *request;
+
+    if (strlen(c->path) >= sizeof(addr.sun_path)) {
+        error_setg(errp, "QMP socket path too long: %s", c->path);
+        return false;
+    }
+    strcpy(addr.sun_path, c->path);
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        error_setg_errno(errp, errno, "socket");
+        return false;
+    }
+    /* A UNIX socket connects at once or fails. */
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        error_setg_errno(errp, errno, "cannot connect to QEMU's monitor %s",
+                         c->path);
+        qmp_client_close(c);
+        return false;
+    }
+    greeting = qmp_read(c, deadline, errp);
+    if (!greeting || !qdict_haskey(greeting, "QMP")) {
+        if (greeting) {
+            error_setg(errp, "%s is not a QMP monitor", c->path);
+        }
+        qmp_client_close(c);
+        return false;
+    }
+    request = qdict_new();
+    qdict_put_str(request, "execute", "qmp_capabilities");
+    answer = qmp_exchange(c, request, deadline, errp);
+    if (!answer || !qdict_haskey(answer, "return")) {
+        if (answer) {
+            error_setg(errp, "QEMU's monitor %s refused qmp_capabilities",
+                       c->path);
+        }
+        qmp_client_close(c);
+        return false;
+    }
+    return true;
+}
+
+QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
+                       Error **errp)
+{
+    int64_t deadline = get_clock() / SCALE_MS + c->timeout_ms;
+    g_autoptr(QDict) answer = NULL;
+    QDict *request = qdict_new();
+    QDict *error;
+    QObject *ret;
+
+    qdict_put_str(request, "execute", command);
+    if (args) {
+        qdict_put(request, "arguments", args);
+    }
+    if (c->fd < 0 && !qmp_connect(c, deadline, errp)) {
+        qobject_unref(request);
+        return NULL;
+    }
+    answer = qmp_exchange(c, request, deadline, errp);
+    if (!answer) {
+        qmp_client_close(c);
+        return NULL;
+    }
+    error = qdict_get_qdict(answer, "error");
+    if (error) {
+        error_setg(errp, "%s: %s", command,
+                   qdict_get_try_str(error, "desc") ?: "failed");
+        return NULL;
+    }
+    ret = qdict_get(answer, "return");
+    if (!ret) {
+        error_setg(errp, "%s: an answer without a return", command);
+        qmp_client_close(c);
+        return NULL;
+    }
+    return qobject_to(QDict, ret) ? qobject_ref(qobject_to(QDict, ret))
+                                  : qdict_new();
+}

@@ -1,0 +1,28 @@
+/*
+ * colo-manager: a QMP client of its host's QEMU
+ *
+ * Copyright (c) 2026 The COLO project authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef COLO_MANAGER_QMP_H
+#define COLO_MANAGER_QMP_H
+
+typedef struct QmpClient QmpClient;
+
+/* A client of the monitor at the UNIX socket @path. */
+QmpClient *qmp_client_new(const char *path, int64_t timeout_ms);
+void qmp_client_free(QmpClient *c);
+
+/*
+ * Run @command with @args (taken; may be NULL) and return what it
+ * returned (an empty dictionary when that is not one).  Connects when
+ * not connected.  A command not answered within the timeout, or whose
+ * connection fails, returns NULL with @errp set and drops the
+ * connection: a late answer must not be read as a later command's.
+ */
+QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
+                       Error **errp);
+
+#endif
