@@ -32,14 +32,17 @@ class ManagerProc:
         self.host = host
         self.config = os.path.join(workdir, "manager-%s.conf" % host)
         self.log_path = os.path.join(workdir, "manager-%s.log" % host)
+        self.state_file = os.path.join(workdir, "manager-%s.json" % host)
         self.proc = None
         with open(self.config, "w") as f:
             f.write("[vm]\nname = %s\n\n"
-                    "[host]\nname = %s\npeer = %s\nqmp = %s\n\n"
+                    "[host]\nname = %s\npeer = %s\nqmp = %s\n"
+                    "state-file = %s\n\n"
                     "[etcd]\nendpoints = %s\nttl = %d\ntimeout-ms = 1000\n\n"
                     "[lease]\nvalidity-ms = %d\nrenew-ms = %d\n"
                     "qmp-timeout-ms = 300\n"
-                    % (vm, host, peer, qmp_sock, etcd_url, ttl_s,
+                    % (vm, host, peer, qmp_sock, self.state_file, etcd_url,
+                       ttl_s,
                        validity_ms, renew_ms))
 
     def start(self):
@@ -49,10 +52,12 @@ class ManagerProc:
         log.close()
         return self
 
-    def status(self):
-        out = subprocess.run([MANAGER_BIN, "status", self.config, "--json"],
+    def status(self, as_json=True):
+        """colo-manager status: parsed with AS_JSON, else its text."""
+        out = subprocess.run([MANAGER_BIN, "status", self.config] +
+                             (["--json"] if as_json else []),
                              capture_output=True, text=True, timeout=30)
-        return json.loads(out.stdout)
+        return json.loads(out.stdout) if as_json else out.stdout
 
     def log(self):
         with open(self.log_path) as f:

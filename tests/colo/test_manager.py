@@ -148,7 +148,11 @@ def test_primary_killed(bed, vm_factory, workdir, counter, etcd, managers,
     assert "MS_TOOK" in ms.log()
     status = ms.status()
     assert status["primary"] == "host-b" and status["successor"] == ""
-    assert status["colo"]["x-lease"]["state"] == "sole"
+    assert status["manager"]["state"] == "MP_HOLD"
+    assert status["manager"]["colo"]["mode"] == "none"
+    text = ms.status(as_json=False)
+    assert "etcd: primary host-b, successor (none)" in text, text
+    assert "manager: MP_HOLD (sole leases)" in text, text
     client.stop()
     log = CounterLog(client.out)
     assert_client_ok(log, int(query_guest(bed, "get")))

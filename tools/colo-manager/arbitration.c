@@ -20,6 +20,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
+#include "qemu/cutils.h"
 #include "qobject/qdict.h"
 #include "arbitration.h"
 
@@ -58,6 +59,22 @@ void arbitration_cleanup(Arbitration *a)
     g_free(a->key_primary);
     g_free(a->key_successor);
     g_free(a->last_error);
+    qobject_unref(a->colo);
+}
+
+QDict *arbitration_describe(const Arbitration *a)
+{
+    QDict *d = qdict_new();
+    g_autofree char *lease = g_strdup_printf("%" PRIx64, a->lease);
+
+    qdict_put_str(d, "state", manager_state_name(a->state));
+    qdict_put_str(d, "etcd-lease", lease);
+    qdict_put_bool(d, "sole", a->sole);
+    qdict_put_str(d, "last-error", a->last_error ?: "");
+    if (a->colo) {
+        qdict_put(d, "colo", qobject_ref(a->colo));
+    }
+    return d;
 }
 
 static void arbitration_set_state(Arbitration *a, ManagerState s,
@@ -90,6 +107,8 @@ static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
     if (!st) {
         return false;
     }
+    qobject_unref(a->colo);
+    a->colo = qobject_ref(st);
     lease = qdict_get_qdict(st, "x-lease");
     if (!lease || !qdict_get_try_bool(lease, "arbitrated", false)) {
         error_setg(errp, "QEMU's COLO is not arbitrated: set capability "

@@ -40,6 +40,7 @@ typedef struct Arbitration {
     char *key_primary;
     char *key_successor;
     char *last_error;           /* the last round's, reported once */
+    QDict *colo;                /* QEMU's last query-colo-status */
 } Arbitration;
 
 void arbitration_init(Arbitration *a, const ManagerConfig *cfg,
@@ -50,5 +51,8 @@ void arbitration_cleanup(Arbitration *a);
 void arbitration_round(Arbitration *a);
 
 const char *manager_state_name(ManagerState s);
+
+/* What this manager knows, for colo-manager status. */
+QDict *arbitration_describe(const Arbitration *a);
 
 #endif

@@ -39,6 +39,33 @@ static void usage(FILE *f)
             "(docs/system/colo-manager.rst).\n");
 }
 
+/* What status shows: the manager's state, written after every round. */
+static void manager_write_state(const ManagerConfig *cfg,
+                                const Arbitration *a)
+{
+    g_autoptr(QDict) d = arbitration_describe(a);
+    g_autoptr(GString) json = NULL;
+    g_autofree char *dir = g_path_get_dirname(cfg->state_file);
+    g_autoptr(GError) gerr = NULL;
+    static bool reported;
+
+    qdict_put_str(d, "vm", cfg->vm);
+    qdict_put_str(d, "host", cfg->host);
+    qdict_put_str(d, "peer", cfg->peer);
+    qdict_put_int(d, "pid", getpid());
+    qdict_put_int(d, "written-ms", g_get_real_time() / 1000);
+    json = qobject_to_json(QOBJECT(d));
+    g_string_append_c(json, '\n');
+    /* Written whole, then renamed: a reader never sees half of it. */
+    if ((g_mkdir_with_parents(dir, 0755) < 0 ||
+         !g_file_set_contents(cfg->state_file, json->str, json->len,
+                              &gerr)) && !reported) {
+        warn_report("cannot write the state file %s: %s", cfg->state_file,
+                    gerr ? gerr->message : g_strerror(errno));
+        reported = true;
+    }
+}
+
 /*
  * Rounds every renew-ms until SIGTERM or SIGINT.  Leaving renews
  * nothing more and revokes nothing: a primary's key goes when its etcd
@@ -64,6 +91,7 @@ static int manager_run(const ManagerConfig *cfg)
         int64_t left;
 
         arbitration_round(&a);
+        manager_write_state(cfg, &a);
         left = start + cfg->renew_ms - get_clock() / SCALE_MS;
         if (left > 0) {
             poll(NULL, 0, left);    /* a signal ends it early */
@@ -76,87 +104,97 @@ static int manager_run(const ManagerConfig *cfg)
     return 0;
 }
 
-/* The pair as etcd and this host's QEMU see it. */
+/* The pair as etcd and this host's manager see it. */
 static int manager_status(const ManagerConfig *cfg, bool json)
 {
     EtcdClient *etcd = etcd_client_new(cfg->etcd_endpoints,
                                        cfg->etcd_timeout_ms);
-    QmpClient *qmp = qmp_client_new(cfg->qmp, cfg->qmp_timeout_ms);
     g_autofree char *key_p = manager_config_key(cfg, "primary");
     g_autofree char *key_s = manager_config_key(cfg, "successor");
     g_autofree char *primary = NULL;
     g_autofree char *successor = NULL;
-    g_autoptr(QDict) st = NULL;
+    g_autofree char *text = NULL;
+    g_autoptr(QDict) out = qdict_new();
+    QDict *state = NULL;
+    QDict *colo = NULL;
     Error *etcd_err = NULL;
-    Error *qmp_err = NULL;
+    int64_t age_ms = -1;
     int ret = 0;
 
-    if (!etcd_get(etcd, key_p, &primary, &etcd_err) ||
-        !etcd_get(etcd, key_s, &successor, &etcd_err)) {
-        ret = 1;
-    }
-    st = qmp_client_call(qmp, "query-colo-status", NULL, &qmp_err);
-    if (!st) {
-        ret = 1;
-    }
-    if (json) {
-        g_autoptr(QDict) out = qdict_new();
-        g_autoptr(GString) s = NULL;
-
-        qdict_put_str(out, "vm", cfg->vm);
-        qdict_put_str(out, "host", cfg->host);
-        qdict_put_str(out, "peer", cfg->peer);
-        if (etcd_err) {
-            qdict_put_str(out, "etcd-error", error_get_pretty(etcd_err));
-        } else {
-            qdict_put_str(out, "primary", primary ?: "");
-            qdict_put_str(out, "successor", successor ?: "");
-        }
-        if (st) {
-            qdict_put(out, "colo", qobject_ref(st));
-        } else {
-            qdict_put_str(out, "qemu-error", error_get_pretty(qmp_err));
-        }
-        s = qobject_to_json(QOBJECT(out));
-        printf("%s\n", s->str);
+    qdict_put_str(out, "vm", cfg->vm);
+    qdict_put_str(out, "host", cfg->host);
+    qdict_put_str(out, "peer", cfg->peer);
+    if (etcd_get(etcd, key_p, &primary, &etcd_err) &&
+        etcd_get(etcd, key_s, &successor, &etcd_err)) {
+        qdict_put_str(out, "primary", primary ?: "");
+        qdict_put_str(out, "successor", successor ?: "");
     } else {
-        printf("VM %s, this host %s, peer %s\n", cfg->vm, cfg->host,
-               cfg->peer);
-        if (etcd_err) {
-            printf("etcd: %s\n", error_get_pretty(etcd_err));
-        } else {
-            printf("etcd: primary %s, successor %s\n",
-                   primary ?: "(none)", successor ?: "(none)");
-        }
-        if (st) {
-            QDict *lease = qdict_get_qdict(st, "x-lease");
-            QDict *stats = qdict_get_qdict(st, "stats");
+        qdict_put_str(out, "etcd-error", error_get_pretty(etcd_err));
+        ret = 1;
+    }
+    if (g_file_get_contents(cfg->state_file, &text, NULL, NULL)) {
+        state = qobject_to(QDict, qobject_from_json(text, NULL));
+    }
+    if (state) {
+        age_ms = g_get_real_time() / 1000 -
+                 qdict_get_try_int(state, "written-ms", 0);
+        qdict_put_int(state, "age-ms", age_ms);
+        colo = qdict_get_qdict(state, "colo");
+        qdict_put(out, "manager", state);
+    } else {
+        ret = 1;
+    }
 
-            printf("QEMU: COLO mode %s (last %s, reason %s)\n",
-                   qdict_get_try_str(st, "mode") ?: "?",
-                   qdict_get_try_str(st, "last-mode") ?: "?",
-                   qdict_get_try_str(st, "reason") ?: "?");
-            if (lease) {
-                printf("lease: %s, %" PRId64 " ms left%s\n",
-                       qdict_get_try_str(lease, "state") ?: "?",
-                       qdict_get_try_int(lease, "remaining-ms", 0),
-                       qdict_get_try_bool(lease, "alone", false)
-                       ? ", serving alone" : "");
-            }
-            if (stats) {
-                printf("checkpoints: %" PRId64 ", pause mean %" PRId64
-                       " us, max %" PRId64 " us\n",
-                       qdict_get_try_int(stats, "checkpoints", 0),
-                       qdict_get_try_int(stats, "pause-mean-us", 0),
-                       qdict_get_try_int(stats, "pause-max-us", 0));
-            }
-        } else {
-            printf("QEMU: %s\n", error_get_pretty(qmp_err));
+    if (json) {
+        g_autoptr(GString) s = qobject_to_json(QOBJECT(out));
+
+        printf("%s\n", s->str);
+        goto done;
+    }
+    printf("VM %s, this host %s, peer %s\n", cfg->vm, cfg->host, cfg->peer);
+    if (etcd_err) {
+        printf("etcd: %s\n", error_get_pretty(etcd_err));
+    } else {
+        printf("etcd: primary %s, successor %s\n",
+               primary ?: "(none)", successor ?: "(none)");
+    }
+    if (!state) {
+        printf("manager: no state in %s (not running here?)\n",
+               cfg->state_file);
+        goto done;
+    }
+    printf("manager: %s%s, last round %.1f s ago%s%s\n",
+           qdict_get_try_str(state, "state") ?: "?",
+           qdict_get_try_bool(state, "sole", false) ? " (sole leases)" : "",
+           age_ms / 1e3,
+           *(qdict_get_try_str(state, "last-error") ?: "") ? ": " : "",
+           qdict_get_try_str(state, "last-error") ?: "");
+    if (colo) {
+        QDict *lease = qdict_get_qdict(colo, "x-lease");
+        QDict *stats = qdict_get_qdict(colo, "stats");
+
+        printf("QEMU: COLO mode %s (last %s, reason %s)\n",
+               qdict_get_try_str(colo, "mode") ?: "?",
+               qdict_get_try_str(colo, "last-mode") ?: "?",
+               qdict_get_try_str(colo, "reason") ?: "?");
+        if (lease) {
+            printf("lease: %s, %" PRId64 " ms left%s\n",
+                   qdict_get_try_str(lease, "state") ?: "?",
+                   qdict_get_try_int(lease, "remaining-ms", 0),
+                   qdict_get_try_bool(lease, "alone", false)
+                   ? ", serving alone" : "");
+        }
+        if (stats) {
+            printf("checkpoints: %" PRId64 ", pause mean %" PRId64
+                   " us, max %" PRId64 " us\n",
+                   qdict_get_try_int(stats, "checkpoints", 0),
+                   qdict_get_try_int(stats, "pause-mean-us", 0),
+                   qdict_get_try_int(stats, "pause-max-us", 0));
         }
     }
+
+done:
     error_free(etcd_err);
-    error_free(qmp_err);
-    qmp_client_free(qmp);
     etcd_client_free(etcd);
     return ret;
 }

@@ -62,11 +62,12 @@ bool manager_config_load(ManagerConfig *cfg, const char *path, Error **errp)
         error_setg(errp, "cannot read %s: %s", path, gerr->message);
         return false;
     }
-    if (!(cfg->vm = config_string(kf, "vm", "name", errp)) ||
-        !(cfg->host = config_string(kf, "host", "name", errp)) ||
-        !(cfg->peer = config_string(kf, "host", "peer", errp)) ||
-        !(cfg->qmp = config_string(kf, "host", "qmp", errp)) ||
-        !(endpoints = config_string(kf, "etcd", "endpoints", errp))) {
+    cfg->vm = config_string(kf, "vm", "name", errp);
+    cfg->host = *errp ? NULL : config_string(kf, "host", "name", errp);
+    cfg->peer = *errp ? NULL : config_string(kf, "host", "peer", errp);
+    cfg->qmp = *errp ? NULL : config_string(kf, "host", "qmp", errp);
+    endpoints = *errp ? NULL : config_string(kf, "etcd", "endpoints", errp);
+    if (*errp) {
         goto fail;
     }
     if (!strcmp(cfg->host, cfg->peer)) {
@@ -76,6 +77,12 @@ bool manager_config_load(ManagerConfig *cfg, const char *path, Error **errp)
     if (strchr(cfg->vm, '/')) {
         error_setg(errp, "[vm] name '%s' holds a '/'", cfg->vm);
         goto fail;
+    }
+    cfg->state_file = g_key_file_get_string(kf, "host", "state-file", NULL);
+    if (!cfg->state_file || !*cfg->state_file) {
+        g_free(cfg->state_file);
+        cfg->state_file = g_strdup_printf("/run/colo-manager/%s.json",
+                                          cfg->vm);
     }
     cfg->etcd_endpoints = g_strsplit(endpoints, ";", -1);
     if (!config_int(kf, "etcd", "ttl", 5, 2, 3600, &cfg->ttl_s, errp) ||
@@ -122,6 +129,7 @@ void manager_config_free(ManagerConfig *cfg)
     g_free(cfg->host);
     g_free(cfg->peer);
     g_free(cfg->qmp);
+    g_free(cfg->state_file);
     g_strfreev(cfg->etcd_endpoints);
     memset(cfg, 0, sizeof(*cfg));
 }

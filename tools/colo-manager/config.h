@@ -19,6 +19,8 @@
  *   peer = host-b                    the other host of the pair
  *   qmp = /run/colo/web1-manager.sock  this host's QEMU, a monitor of
  *                                    the manager's own
+ *   state-file = /run/colo-manager/web1.json   what the running manager
+ *                                    saw last (colo-manager status)
  *   [etcd]
  *   endpoints = http://10.0.0.5:2379;http://10.0.0.6:2379
  *   ttl = 5                          the etcd lease, seconds
@@ -33,6 +35,7 @@ typedef struct ManagerConfig {
     char *host;
     char *peer;
     char *qmp;
+    char *state_file;
     char **etcd_endpoints;
     int64_t ttl_s;
     int64_t etcd_timeout_ms;

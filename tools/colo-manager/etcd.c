@@ -13,6 +13,7 @@
 #include "qemu/osdep.h"
 #include <curl/curl.h>
 #include "qapi/error.h"
+#include "qemu/cutils.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
 #include "qobject/qlist.h"
