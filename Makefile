@@ -62,9 +62,10 @@ check-qtest: qemu
 check-colo: build
 	@bash scripts/run-checks.sh colo
 
-# The failover fault-injection loop at full count (make check runs 3).
+# The fault-injection loops at full count (make check runs 3 kills at random
+# and 10 nemesis rounds).
 check-slow: build
-	@COLO_FAULT_RUNS=20 COLO_SOAK_S=600 bash scripts/run-checks.sh colo
+	@COLO_FAULT_RUNS=20 COLO_SOAK_S=600 COLO_NEMESIS_ROUNDS=100 bash scripts/run-checks.sh colo
 
 # Ours side by side with the base's own COLO (built from the same source).
 bench: build

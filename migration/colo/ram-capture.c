@@ -47,8 +47,32 @@ struct ColoRamCapture {
     unsigned long **precopied;
     unsigned int nblocks;
     unsigned long *scratch;     /* as long as the longest block */
-    QemuEvent synced;
 };
+
+/*
+ * A dirty-log sync that a pre-copy pass asks of a vCPU thread (TCG).  The
+ * vCPU thread runs it only once it holds the BQL, which the main loop may
+ * keep for long, so the pass waits a bounded time; one that stops waiting
+ * cancels the work, unless it has started, and then waits for its end
+ * (the sync itself, short).  Either way, no sync runs after the pass
+ * returns, in particular none concurrently with a checkpoint's capture.
+ * Shared by the pass and the work, freed by the last to let go.
+ */
+enum {
+    COLO_SYNC_WAITING,
+    COLO_SYNC_RUNNING,
+    COLO_SYNC_DONE,
+    COLO_SYNC_CANCELLED,
+};
+
+typedef struct ColoRamSyncRequest {
+    QemuSemaphore done;
+    int state;
+    int refs;
+} ColoRamSyncRequest;
+
+/* How long a pass waits for a vCPU thread to sync for it. */
+#define COLO_PRECOPY_SYNC_WAIT_MS 20
 
 ColoRamCapture *colo_ram_capture_new(void)
 {
@@ -56,7 +80,6 @@ ColoRamCapture *colo_ram_capture_new(void)
     unsigned long longest = 0;
     RAMBlock *rb;
 
-    qemu_event_init(&cap->synced, false);
     RCU_READ_LOCK_GUARD();
     RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
         cap->nblocks++;
@@ -83,7 +106,6 @@ void colo_ram_capture_free(ColoRamCapture *cap)
     }
     g_free(cap->precopied);
     g_free(cap->scratch);
-    qemu_event_destroy(&cap->synced);
     g_free(cap);
 }
 
@@ -173,12 +195,48 @@ static void colo_ram_sync_dirty_log(void)
     }
 }
 
+static void colo_ram_sync_request_unref(ColoRamSyncRequest *req)
+{
+    if (qatomic_fetch_dec(&req->refs) == 1) {
+        qemu_sem_destroy(&req->done);
+        g_free(req);
+    }
+}
+
 static void colo_ram_sync_work(CPUState *cpu, run_on_cpu_data data)
 {
-    ColoRamCapture *cap = data.host_ptr;
+    ColoRamSyncRequest *req = data.host_ptr;
 
-    colo_ram_sync_dirty_log();
-    qemu_event_set(&cap->synced);
+    if (qatomic_cmpxchg(&req->state, COLO_SYNC_WAITING,
+                        COLO_SYNC_RUNNING) == COLO_SYNC_WAITING) {
+        colo_ram_sync_dirty_log();
+        qatomic_set(&req->state, COLO_SYNC_DONE);
+        qemu_sem_post(&req->done);
+    }
+    colo_ram_sync_request_unref(req);
+}
+
+/* Sync as safe CPU work; false when no vCPU thread took it in time. */
+static bool colo_ram_sync_on_vcpu(void)
+{
+    ColoRamSyncRequest *req = g_new0(ColoRamSyncRequest, 1);
+    bool synced = true;
+
+    qemu_sem_init(&req->done, 0);
+    req->state = COLO_SYNC_WAITING;
+    req->refs = 2;
+    async_safe_run_on_cpu(first_cpu, colo_ram_sync_work,
+                          RUN_ON_CPU_HOST_PTR(req));
+    if (qemu_sem_timedwait(&req->done, COLO_PRECOPY_SYNC_WAIT_MS) < 0) {
+        if (qatomic_cmpxchg(&req->state, COLO_SYNC_WAITING,
+                            COLO_SYNC_CANCELLED) == COLO_SYNC_WAITING) {
+            synced = false;
+        } else {
+            qemu_sem_wait(&req->done);      /* running: nearly done */
+        }
+    }
+    colo_ram_sync_request_unref(req);
+    return synced;
 }
 
 void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
@@ -198,12 +256,13 @@ void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
          * marking for later stores to it: a sync between the two would
          * clear the mark and leave the page unlogged until the next sync.
          * Sync while no vCPU runs guest code.  The work runs even on a
-         * stopped vCPU, and callers never hold the BQL.
+         * stopped vCPU; it needs the BQL, which callers never hold.
          */
-        qemu_event_reset(&cap->synced);
-        async_safe_run_on_cpu(first_cpu, colo_ram_sync_work,
-                              RUN_ON_CPU_HOST_PTR(cap));
-        qemu_event_wait(&cap->synced);
+        if (!colo_ram_sync_on_vcpu()) {
+            /* What is dirty waits for the next pass, or the stop. */
+            trace_colo_ram_precopy_skipped(COLO_PRECOPY_SYNC_WAIT_MS);
+            return;
+        }
     } else {
         colo_ram_sync_dirty_log();
     }

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colo_env  # noqa: E402
 import netbed  # noqa: E402
 from counter_client import CounterClient  # noqa: E402
+from etcd_member import EtcdMember  # noqa: E402
 from vm import QemuVM  # noqa: E402
 
 # Everything alive, for the atexit / signal paths (fixtures do the normal
@@ -232,3 +233,21 @@ def counter(request, bed, workdir):
             c.stop(timeout=5)
             if c in _live_clients:
                 _live_clients.remove(c)
+
+
+@pytest.fixture
+def etcd(workdir):
+    """One etcd member on loopback (etcd_member.py), gone afterwards."""
+    member = EtcdMember(workdir)
+    yield member
+    member.close()
+
+
+@pytest.fixture
+def managers():
+    """colo-manager processes (colo_manager.ManagerProc) a test started:
+    stopped afterwards."""
+    procs = []
+    yield procs
+    for m in procs:
+        m.close()

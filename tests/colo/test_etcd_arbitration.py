@@ -18,21 +18,10 @@ takes from etcd, checked against Debian's etcd itself:
 
 import time
 
-import pytest
-
-from etcd_member import EtcdMember
-
 PRIMARY = "colo/vm0/primary"
 SUCCESSOR = "colo/vm0/successor"
 TTL = 2                 # seconds; etcd's smallest allowed here is 2
 EXPIRY_SLACK = 3        # etcd checks for expired leases every 500 ms
-
-
-@pytest.fixture
-def etcd(workdir):
-    member = EtcdMember(workdir)
-    yield member
-    member.close()
 
 
 def wait_gone(etcd, key, timeout):

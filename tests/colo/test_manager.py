@@ -39,14 +39,12 @@ import os
 import subprocess
 import time
 
-import pytest
 
 from arbiter import qmp_args
 from colo_disk import ReplicatedDisk
 from colo_manager import MANAGER_BIN, RENEW_MS, TTL_S, ManagerProc
 from colo_pair import colo_status, query_guest, start_pair, wait_until
 from counter_client import CounterLog
-from etcd_member import EtcdMember
 from test_disk import guest_stats, poweroff, wait_writing
 from test_failover import assert_client_ok, survivor_disk_ok
 from test_lease import assert_fenced
@@ -57,21 +55,6 @@ SUCCESSOR = "colo/vm0/successor"
 # etcd checks for expired leases every 500 ms; a watching manager tries
 # once a round.
 TAKEOVER_BOUND_S = TTL_S + 0.5 + RENEW_MS / 1e3 + 1.0
-
-
-@pytest.fixture
-def etcd(workdir):
-    member = EtcdMember(workdir)
-    yield member
-    member.close()
-
-
-@pytest.fixture
-def managers():
-    procs = []
-    yield procs
-    for m in procs:
-        m.close()
 
 
 def record(results_dir, name, result):
