@@ -1,7 +1,8 @@
 """colo-manager (tools/colo-manager/) for the tests: one per host, its
 configuration written from arguments, its log in WORKDIR.
 
-    m = ManagerProc(workdir, "host-a", "host-b", qmp_sock, etcd.url)
+    m = ManagerProc(workdir, "host-a", "host-b", qmp_sock, etcd.url,
+                    gated=True)     # m.gate cuts it off etcd
     m.start()
     m.status()        # colo-manager status --json, parsed
     m.kill()          # SIGKILL; m.start() again is a restarted manager
@@ -14,6 +15,7 @@ import signal
 import subprocess
 
 from colo_env import BUILD_DIR
+from etcd_gate import EtcdGate
 
 MANAGER_BIN = os.environ.get("COLO_MANAGER") or os.path.join(
     BUILD_DIR, "qemu", "tools", "colo-manager", "colo-manager")
@@ -28,8 +30,13 @@ TTL_S = 5
 
 class ManagerProc:
     def __init__(self, workdir, host, peer, qmp_sock, etcd_url, vm="vm0",
-                 validity_ms=VALIDITY_MS, renew_ms=RENEW_MS, ttl_s=TTL_S):
+                 validity_ms=VALIDITY_MS, renew_ms=RENEW_MS, ttl_s=TTL_S,
+                 gated=False):
         self.host = host
+        self.gate = None
+        if gated:
+            self.gate = EtcdGate(int(etcd_url.rsplit(":", 1)[1]))
+            etcd_url = self.gate.url
         self.config = os.path.join(workdir, "manager-%s.conf" % host)
         self.log_path = os.path.join(workdir, "manager-%s.log" % host)
         self.state_file = os.path.join(workdir, "manager-%s.json" % host)
@@ -73,6 +80,8 @@ class ManagerProc:
 
     def close(self):
         """SIGTERM (SIGCONT first: it may be stopped), then SIGKILL."""
+        if self.gate is not None:
+            self.gate.close()
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGCONT)

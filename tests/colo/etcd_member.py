@@ -25,10 +25,16 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 START_TIMEOUT = 30
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n):
+    """N distinct free ports of 127.0.0.1 (held together while chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _b64(s):
@@ -42,12 +48,21 @@ class EtcdMember:
                                "(Debian package etcd-server)")
         self.name = name
         self.dir = os.path.join(workdir, "etcd")
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
-        self.url = "http://127.0.0.1:%d" % self.client_port
         self.proc = None
         self.log = os.path.join(workdir, "etcd.log")
-        self.start()
+        # A port chosen free may be taken before etcd binds it: new ones.
+        for attempt in range(3):
+            self.client_port, self.peer_port = _free_ports(2)
+            self.url = "http://127.0.0.1:%d" % self.client_port
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                with open(self.log) as f:
+                    if attempt == 2 or "address already in use" not in \
+                            f.read():
+                        raise
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
         return self

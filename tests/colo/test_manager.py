@@ -26,6 +26,12 @@ counter client runs throughout.
                    secondary, which stands at an older checkpoint than
                    what clients saw, is never handed over: the primary
                    fences itself and nobody serves (safe, not available).
+  primary_isolated the primary's host cut off (replication link, etcd,
+                   clients): alone, it cannot remove the successor; its
+                   lease lapses and it fences itself.  Healed then, its
+                   manager, which still holds the key, lets it go at once
+                   (a fenced QEMU takes no grant), and the secondary, still
+                   the successor, takes over well before the key's TTL.
   etcd_down        etcd stopped for longer than its TTL: the pair goes on
                    protected (no lease needed for covered output), nobody
                    takes over; etcd back, the primary's leases resume.
@@ -68,7 +74,8 @@ def keys(etcd):
     return (p and p[0], s and s[0])
 
 
-def managed_pair(bed, vm_factory, workdir, counter, etcd, managers):
+def managed_pair(bed, vm_factory, workdir, counter, etcd, managers,
+                 **manager_kw):
     disk = ReplicatedDisk(workdir)
     socks = (os.path.join(workdir, "mgr-p.sock"),
              os.path.join(workdir, "mgr-s.sock"))
@@ -83,8 +90,10 @@ def managed_pair(bed, vm_factory, workdir, counter, etcd, managers):
                              primary_args=qmp_args(socks[0]),
                              secondary_args=qmp_args(socks[1]),
                              before_migrate=arbitrated)
-    mp = ManagerProc(workdir, "host-a", "host-b", socks[0], etcd.url)
-    ms = ManagerProc(workdir, "host-b", "host-a", socks[1], etcd.url)
+    mp = ManagerProc(workdir, "host-a", "host-b", socks[0], etcd.url,
+                     gated=True, **manager_kw)
+    ms = ManagerProc(workdir, "host-b", "host-a", socks[1], etcd.url,
+                     gated=True, **manager_kw)
     managers.extend([mp.start(), ms.start()])
     wait_until(lambda: colo_status(pvm)["x-lease"]["state"] == "valid", 15,
                "the primary's first lease")
@@ -236,6 +245,41 @@ def test_partition_then_manager_killed(bed, vm_factory, workdir, counter,
     log = CounterLog(client.out)
     assert log.never_backwards(), log.first_violation(strict=False)
     assert log.strictly_increasing(), log.first_violation(strict=True)
+
+
+def test_primary_isolated(bed, vm_factory, workdir, counter, etcd, managers,
+                          results_dir):
+    ttl_s = 10      # a wide window between the fence and the key's expiry
+    disk, pvm, svm, mp, ms, client = managed_pair(
+        bed, vm_factory, workdir, counter, etcd, managers, ttl_s=ttl_s)
+    acked_disk_seq = int(query_guest(bed, "disk"))
+    t_fault = time.monotonic()
+    heal_link = drop(bed, svm.incoming_port, "both")
+    bed.ip("link", "set", "tap-p", "down")
+    mp.gate.cut()
+    try:
+        pvm.wait_event("X_COLO_LEASE_LAPSED", 30,
+                       match=lambda e: e["data"]["fenced"])
+        assert keys(etcd) == ("host-a", "host-b")
+    finally:
+        mp.gate.heal()
+        bed.ip("link", "set", "tap-p", "up")
+        heal_link()
+    ev = svm.wait_event("COLO_EXIT", 30)
+    took = time.monotonic() - t_fault
+    assert ev["data"] == {"mode": "secondary", "reason": "request"}
+    assert "letting the primary key go" in mp.log()
+    assert took < ttl_s, took
+    assert_fenced(pvm)
+    svm.wait_status({"running"}, 30)
+    client.wait_replies(25, 60, after=time.monotonic())
+    assert keys(etcd) == ("host-b", None)
+    client.stop()
+    log = CounterLog(client.out)
+    assert_client_ok(log, int(query_guest(bed, "get")))
+    record(results_dir, "primary-isolated", {"takeover_s": round(took, 3),
+                                             "replies": log.count})
+    survivor_disk_ok(bed, svm, disk, acked_disk_seq)
 
 
 def test_etcd_down(bed, vm_factory, workdir, counter, etcd, managers):

@@ -4,7 +4,9 @@ random instant, held for a random time, then healed:
 
   kill -9 or SIGSTOP of either QEMU and of either manager (a killed
   manager is restarted at the heal: it rejoins), the replication link cut
-  both ways or one way, etcd stopped.
+  both ways or one way, a manager cut off etcd, a host isolated (its
+  manager cut off etcd, the replication link cut, its tap down: clients
+  cannot reach it either), etcd stopped.
 
 Invariants, every round, on everything the client saw and on what is
 left: the client's counter never goes backwards nor skips, and the
@@ -54,6 +56,23 @@ def _kill_vm(vm):
     return lambda: None
 
 
+def _cut_gate(m):
+    m.gate.cut()
+    return m.gate.heal
+
+
+def _isolate(c, m, tap):
+    heal_link = drop(c["bed"], c["svm"].incoming_port, "both")
+    c["bed"].ip("link", "set", tap, "down")
+    m.gate.cut()
+
+    def heal():
+        m.gate.heal()
+        c["bed"].ip("link", "set", tap, "up")
+        heal_link()
+    return heal
+
+
 def _kill_manager(m):
     m.kill()
     return m.start          # a restarted manager rejoins
@@ -71,6 +90,12 @@ NEMESES = {
     "cut-both": lambda c: drop(c["bed"], c["svm"].incoming_port, "both"),
     "cut-p2s": lambda c: drop(c["bed"], c["svm"].incoming_port, "p2s"),
     "cut-s2p": lambda c: drop(c["bed"], c["svm"].incoming_port, "s2p"),
+    "cut-primary-manager-etcd": lambda c: _cut_gate(c["mp"]),
+    "cut-secondary-manager-etcd": lambda c: _cut_gate(c["ms"]),
+    "isolate-primary-host": lambda c: _isolate(c, c["mp"],
+                                               "tap-p"),
+    "isolate-secondary-host": lambda c: _isolate(c, c["ms"],
+                                                 "tap-s"),
     "stop-etcd": lambda c: (c["etcd"].stop(), c["etcd"].start)[1],
 }
 

@@ -30,7 +30,9 @@
  *      margin).  Expired: MP_LOST.
  * When its QEMU says it is alone (COLO ended), the manager removes the
  * successor in a transaction that holds only while it still owns the
- * primary key, and only then grants sole leases.
+ * primary key, and only then grants sole leases.  A reading that says
+ * its QEMU fenced itself (for good: no grant takes any more) makes it
+ * revoke its etcd lease, so that the key passes at once (MP_LOST).
  *
  * The secondary's manager (MS_WATCH) asks etcd, at any time, to take the
  * primary key in a transaction: the key is gone (its lease expired) and
@@ -56,7 +58,9 @@
  *                       QEMU's clock and grants from that reading: a
  *                       keep-alive that waits in a cut link lets QEMU's
  *                       lease outlast etcd's (LEASE);
- *   SHORT_TTL           TTL = V + M - 1: drift (LEASE).
+ *   SHORT_TTL           TTL = V + M - 1: drift (LEASE);
+ *   REVOKE_ALONE        the manager revokes its etcd lease when its QEMU
+ *                       serves alone, not only once it is fenced (LEASE).
  *
  * Faults.  Any step may be delayed without bound: the model may leave any
  * message in its channel, and any process unscheduled, for as long as it
@@ -71,7 +75,7 @@
  * faults changes no verdict and takes 49 million states, seven minutes
  * and 5.6 GB.)
  *
- * model-mutants: NO_SUCCESSOR_CHECK SOLE_WITHOUT_TXN KEEPALIVE_FIRST SHORT_TTL
+ * model-mutants: NO_SUCCESSOR_CHECK SOLE_WITHOUT_TXN KEEPALIVE_FIRST SHORT_TTL REVOKE_ALONE
  * model-pan-flags: -E
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -109,7 +113,8 @@
 #define OWNER_S    2
 
 mtype = { CKPT, ACK, ERR, QUERY, READING, GRANT, ANSWER, ALONE, HANDOVER,
-          KEEPALIVE, KEPT, TXN_ALONE, TXN_ALONE_DONE, TXN_TAKE, TAKEN };
+          KEEPALIVE, KEPT, TXN_ALONE, TXN_ALONE_DONE, TXN_TAKE, TAKEN,
+          REVOKE };
 
 chan fwd = [1] of { mtype, byte };      /* primary -> secondary */
 chan back = [MAXE] of { mtype, byte };  /* secondary -> primary: RECEIVED */
@@ -231,6 +236,13 @@ end:
             :: e_left > 0 -> e_left = TTL; e2mp ! KEPT(true)
             :: else -> e2mp ! KEPT(false)
             fi
+        :: m == REVOKE ->
+            /* the lease and the key it holds go at once */
+            e_left = 0;
+            if
+            :: e_owner == OWNER_P -> e_owner = OWNER_NONE
+            :: else -> skip
+            fi
         :: m == TXN_ALONE ->
             /* if primary == this host: delete successor */
             if
@@ -281,7 +293,15 @@ end:
 #endif
     :: atomic { nempty(p2a) -> p2a ? m(ok);
         if
-        :: m == READING ->
+        :: m == READING && ok && mp_state == MP_HOLD ->
+            /* fenced: no grant will take; let the key go at once */
+            mp_query_out = false;
+            mp_state = MP_LOST;
+            if
+            :: nfull(mp2e) -> mp2e ! REVOKE(false)
+            :: true -> skip     /* lost: the lease expires instead */
+            fi
+        :: m == READING && !(ok && mp_state == MP_HOLD) ->
             mp_query_out = false;
 #ifdef KEEPALIVE_FIRST
             if
@@ -313,8 +333,10 @@ end:
 #else
             /* grant from the reading taken before the keep-alive */
             if
-            :: ok && mp_read_ok && nfull(a2p) -> a2p ! GRANT(mp_sole)
-            :: else -> skip
+            :: ok && mp_read_ok && mp_state == MP_HOLD && nfull(a2p) ->
+                a2p ! GRANT(mp_sole)
+            :: !(ok && mp_read_ok && mp_state == MP_HOLD) || full(a2p) ->
+                skip
             fi;
             mp_read_ok = false
 #endif
@@ -344,7 +366,7 @@ end:
         ms_txn_out = false;
         if
         :: ok && nfull(a2s) -> ms_state = MS_TOOK; a2s ! HANDOVER(true)
-        :: else -> skip
+        :: !ok || full(a2s) -> skip
         fi }
     od
 }
@@ -388,7 +410,13 @@ end:
         a2p ? m(sole);
         if
         :: m == QUERY ->
-            p_read_age = 0; p2a ! READING(false)   /* clock-ms now */
+            /* clock-ms now, and whether it is fenced (for good) */
+            p_read_age = 0;
+#ifdef REVOKE_ALONE
+            p2a ! READING(p_state == P_FENCED || p_state == P_ALONE)
+#else
+            p2a ! READING(p_state == P_FENCED)
+#endif
         :: m == GRANT && (p_state == P_FENCED || RAN_OUT) ->
             p2a ! ANSWER(false)     /* fenced, or it ran out on its way */
         :: m == GRANT && p_state != P_FENCED && !RAN_OUT ->

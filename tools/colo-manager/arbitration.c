@@ -10,7 +10,8 @@
  *      (manager_config_load() checks TTL against validity).
  * No reading, no keep-alive: a QEMU that is dead or hung lets the key
  * go.  A keep-alive that finds the lease expired means the key is gone
- * for good (MP_LOST).
+ * for good (MP_LOST); so does a QEMU that fenced itself, whose manager
+ * revokes its lease rather than keep the successor waiting.
  *
  * Copyright (c) 2026 The COLO project authors
  *
@@ -21,6 +22,7 @@
 #include "qapi/error.h"
 #include "qemu/error-report.h"
 #include "qemu/cutils.h"
+#include "qemu/timer.h"
 #include "qobject/qdict.h"
 #include "arbitration.h"
 
@@ -30,6 +32,8 @@ typedef struct ColoReading {
     int64_t clock_ms;           /* x-lease.clock-ms */
     bool alone;                 /* x-lease.alone */
     char lease_state[16];       /* x-lease.state */
+    int64_t remaining_ms;       /* x-lease.remaining-ms */
+    int64_t taken_ms;           /* when, on this host's monotonic clock */
 } ColoReading;
 
 const char *manager_state_name(ManagerState s)
@@ -119,6 +123,8 @@ static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
     pstrcpy(r->lease_state, sizeof(r->lease_state),
             qdict_get_try_str(lease, "state") ?: "");
     r->clock_ms = qdict_get_try_int(lease, "clock-ms", 0);
+    r->remaining_ms = qdict_get_try_int(lease, "remaining-ms", 0);
+    r->taken_ms = get_clock() / SCALE_MS;
     r->alone = qdict_get_try_bool(lease, "alone", false);
     return true;
 }
@@ -225,6 +231,27 @@ static bool arbitration_join(Arbitration *a, const ColoReading *r,
 /*
  * MP_HOLD, its QEMU serving alone: remove the successor, only while
  * this host holds the primary key, before any sole grant.
+ *
+ * Only with time to spare: the sole grant must reach QEMU while the lease
+ * of reading @r still runs.  Removed too late, the successor would be
+ * gone while QEMU, its lease lapsed alone, fences itself, and nobody
+ * could serve.  Short of time, a plain grant renews the lease first (it
+ * holds QEMU's uncovered output, as before) and the next round removes
+ * the successor; a QEMU that fences meanwhile leaves the successor to
+ * take over.
+ */
+static bool arbitration_alone_in_time(Arbitration *a, const ColoReading *r)
+{
+    int64_t spent = get_clock() / SCALE_MS - r->taken_ms;
+
+    return !strcmp(r->lease_state, "valid") &&
+           spent + a->cfg->etcd_timeout_ms + a->cfg->qmp_timeout_ms <
+           r->remaining_ms;
+}
+
+/*
+ * MP_HOLD, its QEMU serving alone (arbitration_alone_in_time()): remove
+ * the successor, then grants are sole.
  */
 static bool arbitration_alone(Arbitration *a, Error **errp)
 {
@@ -244,6 +271,23 @@ static bool arbitration_alone(Arbitration *a, Error **errp)
     info_report("QEMU serves alone: successor removed, leases are sole");
     a->sole = true;
     return true;
+}
+
+/*
+ * MP_HOLD, its QEMU fenced (its lease lapsed while it served alone): its
+ * VM is stopped for good and it takes no grant, so holding the key would
+ * only keep the successor from taking over.  Let it go now.
+ */
+static void arbitration_let_go(Arbitration *a)
+{
+    Error *err = NULL;
+
+    arbitration_set_state(a, MP_LOST, "QEMU fenced itself: letting the "
+                          "primary key go");
+    if (!etcd_lease_revoke(a->etcd, a->lease, &err)) {
+        /* Then it expires: nothing renews it any more. */
+        arbitration_report(a, err);
+    }
 }
 
 /*
@@ -286,8 +330,14 @@ void arbitration_round(Arbitration *a)
     if (a->state == MP_LOST) {
         return;
     }
-    if (!arbitration_read(a, &r, &err) ||
-        !arbitration_keepalive(a, &err)) {
+    if (!arbitration_read(a, &r, &err)) {
+        goto fail;
+    }
+    if (a->state == MP_HOLD && !strcmp(r.lease_state, "fenced")) {
+        arbitration_let_go(a);
+        return;
+    }
+    if (!arbitration_keepalive(a, &err)) {
         goto fail;
     }
     switch (a->state) {
@@ -302,7 +352,8 @@ void arbitration_round(Arbitration *a)
         }
         break;
     case MP_HOLD:
-        if (r.alone && !a->sole && !arbitration_alone(a, &err)) {
+        if (r.alone && !a->sole && arbitration_alone_in_time(a, &r) &&
+            !arbitration_alone(a, &err)) {
             goto fail;
         }
         break;

@@ -22,7 +22,10 @@ typedef enum ManagerState {
     M_JOIN,
     /* Holds the primary key: renews its etcd lease, grants QEMU's. */
     MP_HOLD,
-    /* Its etcd lease expired while holding the key: never grants again. */
+    /*
+     * The key is gone: its etcd lease expired, or was revoked once its
+     * QEMU fenced itself.  Never grants again.
+     */
     MP_LOST,
     /* Beside a secondary: takes the key once it is free and its own. */
     MS_WATCH,

@@ -202,6 +202,16 @@ bool etcd_lease_keepalive(EtcdClient *c, int64_t id, bool *alive,
     return true;
 }
 
+bool etcd_lease_revoke(EtcdClient *c, int64_t id, Error **errp)
+{
+    QDict *body = qdict_new();
+    g_autoptr(QDict) answer = NULL;
+
+    put_id(body, "ID", id);
+    answer = etcd_post(c, "/v3/lease/revoke", body, errp);
+    return answer != NULL;
+}
+
 bool etcd_get(EtcdClient *c, const char *key, char **value, Error **errp)
 {
     QDict *body = qdict_new();

@@ -30,6 +30,9 @@ bool etcd_lease_grant(EtcdClient *c, int64_t ttl_s, int64_t *id,
 bool etcd_lease_keepalive(EtcdClient *c, int64_t id, bool *alive,
                           Error **errp);
 
+/* Revoke lease @id: the keys it holds go at once. */
+bool etcd_lease_revoke(EtcdClient *c, int64_t id, Error **errp);
+
 /* @key's value in *@value, NULL when there is no such key. */
 bool etcd_get(EtcdClient *c, const char *key, char **value, Error **errp);
 
