@@ -6,10 +6,13 @@ network namespace, puts them in COLO, runs the counter client against the
 guest's service, and prints the pair's checkpoint statistics every second:
 first with a 200 ms checkpoint period, then 1000 ms.  The guest's disk is
 protected by block replication and written all along by the guest's disk
-writer.  Then it checks that a checkpoint taken with the primary stopped
-leaves both memories equal, kills the primary (SIGKILL) and shows the
-secondary taking over while the client carries on, on the same TCP
-connection, powers the guest off and checks the survivor's disk.
+writer.  Each QEMU has its colo-manager, which decide through an etcd
+member (on loopback) which side serves.  Then it checks that a checkpoint
+taken with the primary stopped leaves both memories equal, hangs the
+primary (SIGSTOP: a pair without an arbiter would wait for an operator)
+and shows the managers handing over to the secondary while the client
+carries on, on the same TCP connection; the hung primary, continued,
+fences itself.  It powers the guest off and checks the survivor's disk.
 Everything it made is removed at the end, also on Ctrl-C.
 
     sudo /usr/bin/python3 tests/colo/demo.py [--seconds N]
@@ -17,6 +20,7 @@ Everything it made is removed at the end, also on Ctrl-C.
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -25,8 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colo_pair import (checkpoint_stopped, colo_status,  # noqa: E402
                        differing_pages, query_guest, save_memory,
                        standalone_bed, start_pair, wait_until)
+from arbiter import qmp_args  # noqa: E402
 from colo_disk import ReplicatedDisk  # noqa: E402
+from colo_manager import ManagerProc  # noqa: E402
 from counter_client import CounterClient, CounterLog  # noqa: E402
+from etcd_member import EtcdMember  # noqa: E402
 
 
 def show(pvm, svm, client, t0):
@@ -56,15 +63,38 @@ def main():
         return run_demo(bed, make_vm, workdir, args.seconds)
 
 
+def arbitrated(pvm, svm):
+    for vm in (pvm, svm):
+        vm.qmp("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-colo-arbitrated", "state": True}]})
+
+
 def run_demo(bed, make_vm, workdir, seconds):
     client = None
+    etcd = None
+    managers = []
     try:
-        print("demo: booting the primary and entering COLO (namespace %s)"
-              % bed.ns, flush=True)
+        etcd = EtcdMember(workdir)
+        print("demo: etcd at %s; booting the primary and entering COLO "
+              "(namespace %s)" % (etcd.url, bed.ns), flush=True)
         disk = ReplicatedDisk(workdir)
+        socks = [os.path.join(workdir, "mgr-%s.sock" % h) for h in "ps"]
         pvm, svm, _ = start_pair(bed, make_vm, workdir, delay_ms=200,
                                  append="colo.dirty_mbps=5 colo.dirty_mb=64 "
-                                 + disk.guest_append(), disk=disk)
+                                 + disk.guest_append(), disk=disk,
+                                 primary_args=qmp_args(socks[0]),
+                                 secondary_args=qmp_args(socks[1]),
+                                 before_migrate=arbitrated)
+        managers = [ManagerProc(workdir, "host-a", "host-b", socks[0],
+                                etcd.url).start(),
+                    ManagerProc(workdir, "host-b", "host-a", socks[1],
+                                etcd.url).start()]
+        wait_until(lambda: colo_status(pvm)["x-lease"]["state"] == "valid",
+                   30, "the primary's first lease")
+        print("demo: colo-manager on each side; 'colo-manager status' on "
+              "the primary's:\n  " +
+              managers[0].status(as_json=False).strip().replace(
+                  "\n", "\n  "), flush=True)
         client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
                                interval=0.02, timeout=30, duration=600)
         client.wait_replies(10, 60)
@@ -98,22 +128,37 @@ def run_demo(bed, make_vm, workdir, seconds):
 
         seen = CounterLog(client.out).last_value()
         acked = int(query_guest(bed, "disk"))
-        print("demo: killing the primary (SIGKILL); the client has seen %d, "
+        print("demo: the primary hangs (SIGSTOP); the client has seen %d, "
               "and disk write %d complete" % (seen, acked), flush=True)
         t_kill = time.monotonic()
-        pvm.proc.kill()
-        pvm.proc.wait(timeout=30)
-        ev = svm.wait_event("COLO_EXIT", 30)
+        pvm.proc.send_signal(signal.SIGSTOP)
+        ev = svm.wait_event("COLO_EXIT", 60)
         svm.wait_status({"running"}, 30)
         svm.qmp("nbd-server-stop")
-        print("demo: secondary left COLO (%s) and runs the guest"
-              % ev["data"]["reason"], flush=True)
+        print("demo: %.1f s later, its etcd lease expired: the secondary's "
+              "manager took the key and handed over (COLO_EXIT %s); the "
+              "secondary runs the guest" % (time.monotonic() - t_kill,
+                                            ev["data"]["reason"]),
+              flush=True)
+        pvm.proc.send_signal(signal.SIGCONT)
+        lapsed = pvm.wait_event("X_COLO_LEASE_LAPSED", 30,
+                                match=lambda e: e["data"]["fenced"])
+        print("demo: the hung primary, continued, found its lease lapsed "
+              "and fenced itself (X_COLO_LEASE_LAPSED fenced=%s; its VM is "
+              "%s): never two serving" % (
+                  lapsed["data"]["fenced"],
+                  pvm.qmp("query-status")["status"]), flush=True)
+        print("demo: 'colo-manager status' on the secondary's:\n  " +
+              managers[1].status(as_json=False).strip().replace(
+                  "\n", "\n  "), flush=True)
+        pvm.proc.kill()
+        pvm.proc.wait(timeout=30)
         client.wait_replies(50, 120, after=t_kill)
         client.stop()
         log = CounterLog(client.out)
         first_t, first_v = log.replies_after(t_kill)[0]
         survivor = int(query_guest(bed, "get"))
-        print("demo: first reply from the survivor %.0f ms after the kill: %d;"
+        print("demo: first reply from the survivor %.0f ms after the hang: %d;"
               " %d replies in all, never backwards: %s, one connection: %s, "
               "longest gap %.0f ms; the survivor's counter %d >= %d seen"
               % ((first_t - t_kill) * 1000, first_v, log.count,
@@ -129,7 +174,7 @@ def run_demo(bed, make_vm, workdir, seconds):
               % svm.proc.returncode, flush=True)
         disk_ok, report = disk.verify(disk.secondary_image, acked)
         print("demo: the survivor's disk %s every write seen complete before "
-              "the kill (up to %d; it now ends at %d): %d valid blocks, "
+              "the hang (up to %d; it now ends at %d): %d valid blocks, "
               "%d torn, %d missing, %d holes"
               % ("holds" if disk_ok else "DOES NOT HOLD", acked,
                  report["max_seq"], report["valid"], report["torn"],
@@ -138,6 +183,10 @@ def run_demo(bed, make_vm, workdir, seconds):
     finally:
         if client is not None:
             client.stop(timeout=5)
+        for m in managers:
+            m.close()
+        if etcd is not None:
+            etcd.close()
 
 
 if __name__ == "__main__":

@@ -158,6 +158,17 @@ static bool arbitration_keepalive(Arbitration *a, Error **errp)
     return etcd_lease_grant(a->etcd, a->cfg->ttl_s, &a->lease, errp);
 }
 
+/* For status only: QEMU's state after this round's grant. */
+static void arbitration_refresh(Arbitration *a)
+{
+    QDict *st = qmp_client_call(a->qmp, "query-colo-status", NULL, NULL);
+
+    if (st) {
+        qobject_unref(a->colo);
+        a->colo = st;
+    }
+}
+
 static bool arbitration_grant(Arbitration *a, const ColoReading *r,
                               Error **errp)
 {
@@ -368,6 +379,7 @@ void arbitration_round(Arbitration *a)
     if (a->state == MS_TOOK) {
         arbitration_set_state(a, MP_HOLD, "handed over: QEMU serves alone");
     }
+    arbitration_refresh(a);
     g_clear_pointer(&a->last_error, g_free);
     return;
 
