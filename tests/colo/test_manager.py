@@ -32,6 +32,9 @@ counter client runs throughout.
                    manager, which still holds the key, lets it go at once
                    (a fenced QEMU takes no grant), and the secondary, still
                    the successor, takes over well before the key's TTL.
+  endpoints        the first etcd endpoint answers every request with a
+                   server error, the second refuses connections: the
+                   managers go on to the third, the real member.
   etcd_down        etcd stopped for longer than its TTL: the pair goes on
                    protected (no lease needed for covered output), nobody
                    takes over; etcd back, the primary's leases resume.
@@ -40,9 +43,12 @@ Each checks the client's counter (never backwards, the survivor behind
 every value seen).  Timings go to manager-*.json in the results dir.
 """
 
+import http.server
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 
 
@@ -75,7 +81,9 @@ def keys(etcd):
 
 
 def managed_pair(bed, vm_factory, workdir, counter, etcd, managers,
-                 **manager_kw):
+                 endpoints=None, **manager_kw):
+    """A pair in COLO, arbitrated, with a manager per side; ENDPOINTS, the
+    managers' etcd endpoints, else etcd's through a gate each."""
     disk = ReplicatedDisk(workdir)
     socks = (os.path.join(workdir, "mgr-p.sock"),
              os.path.join(workdir, "mgr-s.sock"))
@@ -90,10 +98,10 @@ def managed_pair(bed, vm_factory, workdir, counter, etcd, managers,
                              primary_args=qmp_args(socks[0]),
                              secondary_args=qmp_args(socks[1]),
                              before_migrate=arbitrated)
-    mp = ManagerProc(workdir, "host-a", "host-b", socks[0], etcd.url,
-                     gated=True, **manager_kw)
-    ms = ManagerProc(workdir, "host-b", "host-a", socks[1], etcd.url,
-                     gated=True, **manager_kw)
+    mp = ManagerProc(workdir, "host-a", "host-b", socks[0],
+                     endpoints or etcd.url, gated=not endpoints, **manager_kw)
+    ms = ManagerProc(workdir, "host-b", "host-a", socks[1],
+                     endpoints or etcd.url, gated=not endpoints, **manager_kw)
     managers.extend([mp.start(), ms.start()])
     wait_until(lambda: colo_status(pvm)["x-lease"]["state"] == "valid", 15,
                "the primary's first lease")
@@ -280,6 +288,40 @@ def test_primary_isolated(bed, vm_factory, workdir, counter, etcd, managers,
     record(results_dir, "primary-isolated", {"takeover_s": round(took, 3),
                                              "replies": log.count})
     survivor_disk_ok(bed, svm, disk, acked_disk_seq)
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(503)
+        self.end_headers()
+        self.wfile.write(b'{"error": "etcdserver: no leader", "code": 14}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_endpoints(bed, vm_factory, workdir, counter, etcd, managers):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    try:
+        endpoints = "http://127.0.0.1:%d;http://127.0.0.1:%d;%s" % (
+            server.server_address[1], closed, etcd.url)
+        disk, pvm, svm, mp, ms, client = managed_pair(
+            bed, vm_factory, workdir, counter, etcd, managers,
+            endpoints=endpoints)
+        pvm.kill()
+        ev = svm.wait_event("COLO_EXIT", TAKEOVER_BOUND_S + 10)
+        assert ev["data"] == {"mode": "secondary", "reason": "request"}
+        client.wait_replies(25, 60, after=time.monotonic())
+        assert keys(etcd) == ("host-b", None)
+        client.stop()
+        assert_client_ok(CounterLog(client.out), int(query_guest(bed, "get")))
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_etcd_down(bed, vm_factory, workdir, counter, etcd, managers):

@@ -113,6 +113,10 @@ static QDict *etcd_post_one(EtcdClient *c, const char *endpoint,
                    "object", endpoint, path, status);
         return NULL;
     }
+    if (status >= 500) {
+        /* A member without a leader, say: another may answer. */
+        *unreachable = true;
+    }
     if (status != 200 || qdict_haskey(dict, "error")) {
         error_setg(errp, "etcd at %s: %s failed (HTTP %ld): %s", endpoint,
                    path, status,

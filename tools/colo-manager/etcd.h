@@ -14,7 +14,8 @@ typedef struct EtcdTxn EtcdTxn;
 
 /*
  * A client of the members at @endpoints (URLs), each request bounded by
- * @timeout_ms.  A request that cannot reach a member tries the next.
+ * @timeout_ms.  A request that cannot reach a member, or that a member
+ * fails with a server error, tries the next.
  */
 EtcdClient *etcd_client_new(char **endpoints, int64_t timeout_ms);
 void etcd_client_free(EtcdClient *c);
