@@ -15,6 +15,8 @@ export CCACHE_NOHASHDIR := 1
 export COLO_BUILD_DIR := $(abspath $(BUILD))
 
 QEMU_BUILD := $(BUILD)/qemu
+# QEMU's own Makefile runs ninja one job at a time unless told otherwise.
+QEMU_JOBS ?= -j$(shell nproc)
 GUEST := $(BUILD)/guest
 
 .PHONY: all deps build qemu firmware guest demo check check-unit \
@@ -36,7 +38,7 @@ $(BUILD)/config.mak:
 # in, changed patches re-applied); then QEMU's own Makefile builds what changed.
 qemu: deps $(BUILD)/config.mak
 	@sh scripts/stage.sh "$$(sed -n 's/^BASE := //p' $(BUILD)/config.mak)" $(BUILD)/src
-	@$(MAKE) --no-print-directory -C $(QEMU_BUILD)
+	@$(MAKE) --no-print-directory -C $(QEMU_BUILD) $(QEMU_JOBS)
 	@sh scripts/link-firmware.sh $(BUILD)
 
 guest: deps

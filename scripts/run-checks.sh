@@ -123,7 +123,7 @@ run_one_qtest() {
 
 run_qtest() {
     local p
-    if ! make --no-print-directory -C "$build/qemu" tests/qtest/migration-test \
+    if ! make --no-print-directory -j"$(nproc)" -C "$build/qemu" tests/qtest/migration-test \
             > "$results/qtest-build.log" 2>&1; then
         tail -n 30 "$results/qtest-build.log"
         fail "qtest (build of migration-test)"
@@ -186,7 +186,7 @@ run_nocolo() {
     fi
     if ! sh "$top/scripts/stage.sh" "$(sed -n 's/^BASE := //p' "$nb/config.mak")" \
             "$nb/src" > "$results/nocolo-build.log" 2>&1 ||
-       ! make --no-print-directory -C "$nb/qemu" qemu-system-x86_64 \
+       ! make --no-print-directory -j"$(nproc)" -C "$nb/qemu" qemu-system-x86_64 \
             >> "$results/nocolo-build.log" 2>&1; then
         tail -n 20 "$results/nocolo-build.log"
         fail "disable-colo (build)"
