@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import netbed
+from arbiter import qmp_args
 from colo_env import PYTHON
 from vm import QemuVM
 
@@ -178,6 +179,26 @@ def start_pair(bed, vm_factory, workdir, append="", delay_ms=100,
     assert pvm.qmp("query-migrate")["status"] == "colo"
     assert svm.qmp("query-migrate")["status"] == "colo"
     return pvm, svm, proxy
+
+
+def start_arbitrated_pair(bed, vm_factory, workdir, **kw):
+    """start_pair(..., **KW) with capability x-colo-arbitrated on both
+    sides and, on each, a QMP monitor of its arbiter's own
+    (arbiter.qmp_args()).  Returns (primary, secondary, (the primary's
+    arbiter socket, the secondary's))."""
+    socks = (os.path.join(workdir, "arbiter-p.sock"),
+             os.path.join(workdir, "arbiter-s.sock"))
+
+    def arbitrated(pvm, svm):
+        for vm in (pvm, svm):
+            vm.qmp("migrate-set-capabilities", {"capabilities": [
+                {"capability": "x-colo-arbitrated", "state": True}]})
+
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir,
+                             primary_args=qmp_args(socks[0]),
+                             secondary_args=qmp_args(socks[1]),
+                             before_migrate=arbitrated, **kw)
+    return pvm, svm, socks
 
 
 def save_memory(vm, path, size_mb=256):

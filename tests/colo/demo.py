@@ -28,8 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from colo_pair import (checkpoint_stopped, colo_status,  # noqa: E402
                        differing_pages, query_guest, save_memory,
-                       standalone_bed, start_pair, wait_until)
-from arbiter import qmp_args  # noqa: E402
+                       standalone_bed, start_arbitrated_pair, wait_until)
 from colo_disk import ReplicatedDisk  # noqa: E402
 from colo_manager import ManagerProc  # noqa: E402
 from counter_client import CounterClient, CounterLog  # noqa: E402
@@ -63,12 +62,6 @@ def main():
         return run_demo(bed, make_vm, workdir, args.seconds)
 
 
-def arbitrated(pvm, svm):
-    for vm in (pvm, svm):
-        vm.qmp("migrate-set-capabilities", {"capabilities": [
-            {"capability": "x-colo-arbitrated", "state": True}]})
-
-
 def run_demo(bed, make_vm, workdir, seconds):
     client = None
     etcd = None
@@ -78,13 +71,10 @@ def run_demo(bed, make_vm, workdir, seconds):
         print("demo: etcd at %s; booting the primary and entering COLO "
               "(namespace %s)" % (etcd.url, bed.ns), flush=True)
         disk = ReplicatedDisk(workdir)
-        socks = [os.path.join(workdir, "mgr-%s.sock" % h) for h in "ps"]
-        pvm, svm, _ = start_pair(bed, make_vm, workdir, delay_ms=200,
-                                 append="colo.dirty_mbps=5 colo.dirty_mb=64 "
-                                 + disk.guest_append(), disk=disk,
-                                 primary_args=qmp_args(socks[0]),
-                                 secondary_args=qmp_args(socks[1]),
-                                 before_migrate=arbitrated)
+        pvm, svm, socks = start_arbitrated_pair(
+            bed, make_vm, workdir, delay_ms=200, disk=disk,
+            append="colo.dirty_mbps=5 colo.dirty_mb=64 " +
+            disk.guest_append())
         managers = [ManagerProc(workdir, "host-a", "host-b", socks[0],
                                 etcd.url).start(),
                     ManagerProc(workdir, "host-b", "host-a", socks[1],

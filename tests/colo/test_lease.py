@@ -35,9 +35,10 @@ import time
 
 import pytest
 
-from arbiter import Arbiter, qmp_args
+from arbiter import Arbiter
 from colo_disk import ReplicatedDisk
-from colo_pair import colo_status, query_guest, start_pair, wait_until
+from colo_pair import (colo_status, query_guest, start_arbitrated_pair,
+                       wait_until)
 from counter_client import CounterLog
 from test_disk import guest_stats, poweroff, wait_writing
 from test_failover import assert_client_ok, survivor_disk_ok
@@ -51,19 +52,9 @@ HOLD_S = 8
 
 def arbitrated_pair(bed, vm_factory, workdir, counter):
     disk = ReplicatedDisk(workdir)
-    socks = (os.path.join(workdir, "arb-p.sock"),
-             os.path.join(workdir, "arb-s.sock"))
-
-    def arbitrated(pvm, svm):
-        for vm in (pvm, svm):
-            vm.qmp("migrate-set-capabilities", {"capabilities": [
-                {"capability": "x-colo-arbitrated", "state": True}]})
-
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
-                             append=disk.guest_append(), disk=disk,
-                             primary_args=qmp_args(socks[0]),
-                             secondary_args=qmp_args(socks[1]),
-                             before_migrate=arbitrated)
+    pvm, svm, socks = start_arbitrated_pair(bed, vm_factory, workdir,
+                                            delay_ms=100, disk=disk,
+                                            append=disk.guest_append())
     arb = Arbiter(socks[0], socks[1], VALIDITY_MS).start()
     wait_until(lambda: colo_status(pvm)["x-lease"]["state"] == "valid", 10,
                "the primary's first lease")

@@ -52,10 +52,10 @@ import threading
 import time
 
 
-from arbiter import qmp_args
 from colo_disk import ReplicatedDisk
 from colo_manager import MANAGER_BIN, RENEW_MS, TTL_S, ManagerProc
-from colo_pair import colo_status, query_guest, start_pair, wait_until
+from colo_pair import (colo_status, query_guest, start_arbitrated_pair,
+                       wait_until)
 from counter_client import CounterLog
 from test_disk import guest_stats, poweroff, wait_writing
 from test_failover import assert_client_ok, survivor_disk_ok
@@ -85,19 +85,9 @@ def managed_pair(bed, vm_factory, workdir, counter, etcd, managers,
     """A pair in COLO, arbitrated, with a manager per side; ENDPOINTS, the
     managers' etcd endpoints, else etcd's through a gate each."""
     disk = ReplicatedDisk(workdir)
-    socks = (os.path.join(workdir, "mgr-p.sock"),
-             os.path.join(workdir, "mgr-s.sock"))
-
-    def arbitrated(pvm, svm):
-        for vm in (pvm, svm):
-            vm.qmp("migrate-set-capabilities", {"capabilities": [
-                {"capability": "x-colo-arbitrated", "state": True}]})
-
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
-                             append=disk.guest_append(), disk=disk,
-                             primary_args=qmp_args(socks[0]),
-                             secondary_args=qmp_args(socks[1]),
-                             before_migrate=arbitrated)
+    pvm, svm, socks = start_arbitrated_pair(bed, vm_factory, workdir,
+                                            delay_ms=100, disk=disk,
+                                            append=disk.guest_append())
     mp = ManagerProc(workdir, "host-a", "host-b", socks[0],
                      endpoints or etcd.url, gated=not endpoints, **manager_kw)
     ms = ManagerProc(workdir, "host-b", "host-a", socks[1],
