@@ -107,16 +107,25 @@ def _alive(vm):
 
 
 def _serving(vm):
-    """VM runs its guest and is not fenced (a paused process counts as
-    what it was: it is continued before this is asked)."""
+    """VM runs its guest and its output may leave: a primary in COLO
+    under a valid lease, or a side alone under a sole one.  A lapsed
+    lease does not count: such a side is fenced at its next packet, or
+    at the next exchange with a secondary that is gone.  (A paused
+    process counts as what it was: it is continued before this is
+    asked.)"""
     if not _alive(vm):
         return False
     try:
         if vm.qmp("query-status")["status"] != "running":
             return False
-        return colo_status(vm)["x-lease"]["state"] != "fenced"
+        st = colo_status(vm)
     except Exception:
         return False
+    lease = st["x-lease"]
+    if lease["state"] == "sole":
+        return True
+    return (lease["state"] == "valid" and not lease["alone"] and
+            st["mode"] == "primary")
 
 
 @pytest.fixture(scope="module", autouse=True)
