@@ -21,6 +21,7 @@ import colo_env
 
 NODE = "colo-disk0"
 REPLICA = "colo-disk0-replica"
+SECONDARY_CHILD = "colo-disk0-secondary"
 EXPORT = "colo-disk0"
 DEVICE = ["-device", "virtio-blk-pci,drive=%s,id=vd0" % NODE]
 
@@ -35,8 +36,9 @@ def _file(path):
 
 class ReplicatedDisk:
     def __init__(self, workdir, size_mb=64, seed_image=None,
-                 primary_device=DEVICE):
-        self.dir = os.path.join(workdir, "disk")
+                 primary_device=DEVICE, subdir="disk", reprotectable=False):
+        self.reprotectable = reprotectable
+        self.dir = os.path.join(workdir, subdir)
         os.makedirs(self.dir, exist_ok=True)
         self.primary_image = os.path.join(self.dir, "primary.raw")
         self.secondary_image = os.path.join(self.dir, "secondary.raw")
@@ -78,9 +80,21 @@ class ReplicatedDisk:
                 _blockdev({"node-name": "colo-active", "driver": "qcow2",
                            "file": _file(self.active_image),
                            "backing": "colo-hidden"}) +
-                _blockdev({"node-name": NODE, "driver": "replication",
-                           "mode": "secondary", "file": "colo-active"}) +
-                DEVICE)
+                self._secondary_top() + DEVICE)
+
+    def _secondary_top(self):
+        """The replication node is the guest's disk, or, REPROTECTABLE,
+        the first child of a quorum that is, as on a primary: after a
+        failover a replica for a new secondary joins that quorum."""
+        repl = {"driver": "replication", "mode": "secondary",
+                "file": "colo-active"}
+        if not self.reprotectable:
+            return _blockdev(dict(repl, **{"node-name": NODE}))
+        return (_blockdev(dict(repl, **{"node-name": SECONDARY_CHILD,
+                                        "top-id": NODE})) +
+                _blockdev({"node-name": NODE, "driver": "quorum",
+                           "read-pattern": "fifo", "vote-threshold": 1,
+                           "children": [SECONDARY_CHILD]}))
 
     def nbd_client(self):
         return {"driver": "nbd", "export": EXPORT,
