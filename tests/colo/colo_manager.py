@@ -31,7 +31,8 @@ TTL_S = 5
 class ManagerProc:
     def __init__(self, workdir, host, peer, qmp_sock, etcd_url, vm="vm0",
                  validity_ms=VALIDITY_MS, renew_ms=RENEW_MS, ttl_s=TTL_S,
-                 gated=False):
+                 gated=False, host_extra="", extra=""):
+        """HOST_EXTRA: more lines of [host]; EXTRA: more groups."""
         self.host = host
         self.gate = None
         if gated:
@@ -44,13 +45,12 @@ class ManagerProc:
         with open(self.config, "w") as f:
             f.write("[vm]\nname = %s\n\n"
                     "[host]\nname = %s\npeer = %s\nqmp = %s\n"
-                    "state-file = %s\n\n"
+                    "state-file = %s\n%s\n"
                     "[etcd]\nendpoints = %s\nttl = %d\ntimeout-ms = 1000\n\n"
                     "[lease]\nvalidity-ms = %d\nrenew-ms = %d\n"
-                    "qmp-timeout-ms = 300\n"
-                    % (vm, host, peer, qmp_sock, self.state_file, etcd_url,
-                       ttl_s,
-                       validity_ms, renew_ms))
+                    "qmp-timeout-ms = 300\n%s"
+                    % (vm, host, peer, qmp_sock, self.state_file, host_extra,
+                       etcd_url, ttl_s, validity_ms, renew_ms, extra))
 
     def start(self):
         log = open(self.log_path, "a")
@@ -65,6 +65,14 @@ class ManagerProc:
                              (["--json"] if as_json else []),
                              capture_output=True, text=True, timeout=30)
         return json.loads(out.stdout) if as_json else out.stdout
+
+    def state(self):
+        """What the running manager wrote last (its state file), or {}."""
+        try:
+            with open(self.state_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     def log(self):
         with open(self.log_path) as f:

@@ -32,6 +32,7 @@ typedef struct ColoReading {
     int64_t clock_ms;           /* x-lease.clock-ms */
     bool alone;                 /* x-lease.alone */
     char lease_state[16];       /* x-lease.state */
+    bool running;               /* mode none: query-status's running */
     int64_t remaining_ms;       /* x-lease.remaining-ms */
     int64_t taken_ms;           /* when, on this host's monotonic clock */
 } ColoReading;
@@ -56,12 +57,16 @@ void arbitration_init(Arbitration *a, const ManagerConfig *cfg,
     a->state = M_JOIN;
     a->key_primary = manager_config_key(cfg, "primary");
     a->key_successor = manager_config_key(cfg, "successor");
+    a->key_booted = manager_config_key(cfg, "booted");
+    a->key_standby = manager_config_key(cfg, "standby");
 }
 
 void arbitration_cleanup(Arbitration *a)
 {
     g_free(a->key_primary);
     g_free(a->key_successor);
+    g_free(a->key_booted);
+    g_free(a->key_standby);
     g_free(a->last_error);
     qobject_unref(a->colo);
 }
@@ -126,7 +131,23 @@ static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
     r->remaining_ms = qdict_get_try_int(lease, "remaining-ms", 0);
     r->taken_ms = get_clock() / SCALE_MS;
     r->alone = qdict_get_try_bool(lease, "alone", false);
+    r->running = false;
+    if (!strcmp(r->mode, "none")) {
+        g_autoptr(QDict) run = qmp_client_call(a->qmp, "query-status", NULL,
+                                               errp);
+
+        if (!run) {
+            return false;
+        }
+        r->running = qdict_get_try_bool(run, "running", false);
+    }
     return true;
+}
+
+/* QEMU is a primary in COLO: its output waits for checkpoints. */
+static bool arbitration_in_colo(const ColoReading *r)
+{
+    return !strcmp(r->mode, "primary") && !r->alone;
 }
 
 /*
@@ -169,6 +190,11 @@ static void arbitration_refresh(Arbitration *a)
     }
 }
 
+/*
+ * Grants are sole only while the successor key is absent, and only to a
+ * QEMU that is not in COLO: in COLO its output waits for checkpoints,
+ * and a sole grant would outlast the successor's return.
+ */
 static bool arbitration_grant(Arbitration *a, const ColoReading *r,
                               Error **errp)
 {
@@ -177,7 +203,7 @@ static bool arbitration_grant(Arbitration *a, const ColoReading *r,
 
     qdict_put_int(args, "validity-ms", a->cfg->validity_ms);
     qdict_put_int(args, "clock-ms", r->clock_ms);
-    qdict_put_bool(args, "sole", a->sole);
+    qdict_put_bool(args, "sole", a->sole && !arbitration_in_colo(r));
     ret = qmp_client_call(a->qmp, "x-colo-lease-grant", args, errp);
     return ret != NULL;
 }
@@ -200,6 +226,9 @@ static bool arbitration_join(Arbitration *a, const ColoReading *r,
         arbitration_set_state(a, MS_WATCH, "QEMU is the secondary");
         return true;
     }
+    if (!strcmp(r->mode, "none") && r->running) {
+        goto again;             /* unprotected, or a survivor: its key */
+    }
     if (strcmp(r->mode, "primary")) {
         return true;            /* not in COLO yet */
     }
@@ -214,6 +243,7 @@ static bool arbitration_join(Arbitration *a, const ColoReading *r,
         arbitration_set_state(a, MP_HOLD, "took the free primary key");
         return true;
     }
+again:
     again = etcd_txn_new();
     etcd_txn_if_equal(again, a->key_primary, a->cfg->host);
     etcd_txn_put(again, a->key_primary, a->cfg->host, a->lease);
@@ -231,7 +261,7 @@ static bool arbitration_join(Arbitration *a, const ColoReading *r,
         return true;
     }
     if (etcd_get(a->etcd, a->key_primary, &holder, NULL) && holder) {
-        error_setg(errp, "QEMU is a primary, but the primary key names %s: "
+        error_setg(errp, "QEMU runs the guest, but the primary key names %s: "
                    "no lease for it", holder);
     } else {
         error_setg(errp, "the primary key changed hands; trying again");
@@ -281,6 +311,35 @@ static bool arbitration_alone(Arbitration *a, Error **errp)
     }
     info_report("QEMU serves alone: successor removed, leases are sole");
     a->sole = true;
+    return true;
+}
+
+/*
+ * MP_HOLD with sole grants, its QEMU in COLO again (protected by a new
+ * secondary, protect.c): name the peer successor, so that it may take
+ * over.  Only once a reading shows the lease no longer sole: then no
+ * sole grant is in force or on its way, and every output QEMU released
+ * alone is covered by the state the secondary received (the migration
+ * into COLO), so the pair stands where the model starts.
+ */
+static bool arbitration_protected(Arbitration *a, Error **errp)
+{
+    g_autoptr(EtcdTxn) named = etcd_txn_new();
+    bool ok;
+
+    etcd_txn_if_equal(named, a->key_primary, a->cfg->host);
+    etcd_txn_put(named, a->key_successor, a->cfg->peer, 0);
+    if (!etcd_txn_commit(a->etcd, named, &ok, errp)) {
+        return false;
+    }
+    if (!ok) {
+        arbitration_set_state(a, MP_LOST, "the primary key is no longer "
+                              "this host's");
+        return false;
+    }
+    info_report("QEMU is protected: %s is the successor, leases are not "
+                "sole", a->cfg->peer);
+    a->sole = false;
     return true;
 }
 
@@ -367,6 +426,11 @@ void arbitration_round(Arbitration *a)
             !arbitration_alone(a, &err)) {
             goto fail;
         }
+        if (a->sole && arbitration_in_colo(&r) &&
+            !strcmp(r.lease_state, "valid") &&
+            !arbitration_protected(a, &err)) {
+            goto fail;
+        }
         break;
     case MS_TOOK:
         break;                  /* the hand-over's grant failed: again */
@@ -387,4 +451,47 @@ fail:
     if (err) {
         arbitration_report(a, err);
     }
+}
+
+bool arbitration_claim_boot(Arbitration *a, Error **errp)
+{
+    g_autoptr(EtcdTxn) boot = NULL;
+    bool ok;
+
+    /* No QEMU, nothing to cover: the keep-alive needs no reading. */
+    if (!arbitration_keepalive(a, errp)) {
+        return false;
+    }
+    boot = etcd_txn_new();
+    etcd_txn_if_absent(boot, a->key_primary);
+    etcd_txn_if_absent(boot, a->key_booted);
+    etcd_txn_put(boot, a->key_primary, a->cfg->host, a->lease);
+    etcd_txn_put(boot, a->key_booted, a->cfg->host, 0);
+    if (!etcd_txn_commit(a->etcd, boot, &ok, errp) || !ok) {
+        return false;
+    }
+    a->sole = true;
+    arbitration_set_state(a, MP_HOLD, "the VM was never booted: took the "
+                          "primary key to boot it here");
+    return true;
+}
+
+void arbitration_qemu_exited(Arbitration *a)
+{
+    const ManagerConfig *cfg = a->cfg;
+    EtcdClient *etcd = a->etcd;
+    QmpClient *qmp = a->qmp;
+    Error *err = NULL;
+
+    if (a->lease) {
+        info_report("%s: QEMU exited: revoking etcd lease %" PRIx64
+                    " and what it holds", manager_state_name(a->state),
+                    a->lease);
+        if (!etcd_lease_revoke(a->etcd, a->lease, &err)) {
+            /* Then it expires: nothing renews it any more. */
+            arbitration_report(a, err);
+        }
+    }
+    arbitration_cleanup(a);
+    arbitration_init(a, cfg, etcd, qmp);
 }

@@ -42,6 +42,8 @@ typedef struct Arbitration {
     bool sole;                  /* MP_HOLD: the successor key is removed */
     char *key_primary;
     char *key_successor;
+    char *key_booted;           /* names the host that first booted the VM */
+    char *key_standby;          /* a secondary waiting to be protected */
     char *last_error;           /* the last round's, reported once */
     QDict *colo;                /* QEMU's last query-colo-status */
 } Arbitration;
@@ -54,6 +56,21 @@ void arbitration_cleanup(Arbitration *a);
 void arbitration_round(Arbitration *a);
 
 const char *manager_state_name(ManagerState s);
+
+/*
+ * With no QEMU yet, and the VM never booted: take the free primary key
+ * and mark the VM booted by this host, in one transaction; then
+ * MP_HOLD, sole (no successor until a secondary is in COLO).  False
+ * when another host was first or etcd failed (@errp set then).
+ */
+bool arbitration_claim_boot(Arbitration *a, Error **errp);
+
+/*
+ * Its QEMU exited (it was this manager's child, reaped): nothing runs
+ * the guest here any more, so this host's etcd lease is revoked (a
+ * successor takes over at once) and the manager starts afresh, M_JOIN.
+ */
+void arbitration_qemu_exited(Arbitration *a);
 
 /* What this manager knows, for colo-manager status. */
 QDict *arbitration_describe(const Arbitration *a);

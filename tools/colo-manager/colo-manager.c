@@ -20,6 +20,8 @@
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
 #include "arbitration.h"
+#include "launch.h"
+#include "protect.h"
 
 static volatile sig_atomic_t manager_quit;
 
@@ -41,7 +43,8 @@ static void usage(FILE *f)
 
 /* What status shows: the manager's state, written after every round. */
 static void manager_write_state(const ManagerConfig *cfg,
-                                const Arbitration *a)
+                                const Arbitration *a, const Launcher *l,
+                                const Protection *p)
 {
     g_autoptr(QDict) d = arbitration_describe(a);
     g_autoptr(GString) json = NULL;
@@ -53,6 +56,11 @@ static void manager_write_state(const ManagerConfig *cfg,
     qdict_put_str(d, "host", cfg->host);
     qdict_put_str(d, "peer", cfg->peer);
     qdict_put_int(d, "pid", getpid());
+    if (cfg->qemu_binary) {
+        qdict_put_str(d, "qemu-role", launch_role_name(l->role));
+        qdict_put_int(d, "qemu-pid", l->pid);
+        qdict_put(d, "protection", protection_describe(p));
+    }
     qdict_put_int(d, "written-ms", g_get_real_time() / 1000);
     json = qobject_to_json(QOBJECT(d));
     g_string_append_c(json, '\n');
@@ -78,10 +86,14 @@ static int manager_run(const ManagerConfig *cfg)
                                        cfg->etcd_timeout_ms);
     QmpClient *qmp = qmp_client_new(cfg->qmp, cfg->qmp_timeout_ms);
     Arbitration a;
+    Launcher l;
+    Protection p;
 
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     arbitration_init(&a, cfg, etcd, qmp);
+    launcher_init(&l, cfg, &a);
+    protection_init(&p, cfg, &a);
     info_report("VM %s, host %s, peer %s: etcd lease %" PRId64 " s, QEMU "
                 "lease %" PRId64 " ms renewed every %" PRId64 " ms",
                 cfg->vm, cfg->host, cfg->peer, cfg->ttl_s, cfg->validity_ms,
@@ -90,14 +102,18 @@ static int manager_run(const ManagerConfig *cfg)
         int64_t start = get_clock() / SCALE_MS;
         int64_t left;
 
+        launcher_round(&l);
         arbitration_round(&a);
-        manager_write_state(cfg, &a);
+        protection_round(&p);
+        manager_write_state(cfg, &a, &l, &p);
         left = start + cfg->renew_ms - get_clock() / SCALE_MS;
         if (left > 0) {
             poll(NULL, 0, left);    /* a signal ends it early */
         }
     }
     info_report("leaving in state %s", manager_state_name(a.state));
+    protection_cleanup(&p);
+    launcher_cleanup(&l);
     arbitration_cleanup(&a);
     qmp_client_free(qmp);
     etcd_client_free(etcd);

@@ -50,6 +50,60 @@ static bool config_int(GKeyFile *kf, const char *group, const char *key,
     return true;
 }
 
+/* [qemu] and the addresses the peer's QEMU reaches this host's on. */
+static bool manager_config_load_qemu(ManagerConfig *cfg, GKeyFile *kf,
+                                     Error **errp)
+{
+    ERRP_GUARD();
+    g_autofree char *args = NULL;
+    g_autoptr(GError) gerr = NULL;
+
+    cfg->qemu_binary = config_string(kf, "qemu", "binary", errp);
+    args = *errp ? NULL : config_string(kf, "qemu", "args", errp);
+    cfg->disk = *errp ? NULL : config_string(kf, "qemu", "disk", errp);
+    cfg->workdir = *errp ? NULL : config_string(kf, "qemu", "workdir", errp);
+    cfg->address = *errp ? NULL : config_string(kf, "host", "address", errp);
+    if (*errp ||
+        !config_int(kf, "host", "migrate-port", 0, 1, 65535,
+                    &cfg->migrate_port, errp) ||
+        !config_int(kf, "host", "nbd-port", 0, 1, 65535, &cfg->nbd_port,
+                    errp) ||
+        !config_int(kf, "qemu", "checkpoint-delay-ms", -1, -1, 3600000,
+                    &cfg->checkpoint_delay_ms, errp)) {
+        return false;
+    }
+    if (!cfg->migrate_port || !cfg->nbd_port) {
+        error_setg(errp, "[host] migrate-port and nbd-port are needed with "
+                   "[qemu]");
+        return false;
+    }
+    if (!g_shell_parse_argv(args, NULL, &cfg->qemu_args, &gerr)) {
+        error_setg(errp, "[qemu] args: %s", gerr->message);
+        return false;
+    }
+    g_free(args);
+    args = g_key_file_get_string(kf, "qemu", "wrapper", NULL);
+    if (args && *args &&
+        !g_shell_parse_argv(args, NULL, &cfg->qemu_wrapper, &gerr)) {
+        error_setg(errp, "[qemu] wrapper: %s", gerr->message);
+        return false;
+    }
+    cfg->qemu_img = g_key_file_get_string(kf, "qemu", "img", NULL);
+    if (!cfg->qemu_img || !*cfg->qemu_img) {
+        g_autofree char *dir = g_path_get_dirname(cfg->qemu_binary);
+
+        g_free(cfg->qemu_img);
+        cfg->qemu_img = g_build_filename(dir, "qemu-img", NULL);
+    }
+    cfg->disk_device = g_key_file_get_string(kf, "qemu", "disk-device",
+                                             NULL);
+    if (!cfg->disk_device || !*cfg->disk_device) {
+        g_free(cfg->disk_device);
+        cfg->disk_device = g_strdup("virtio-blk-pci");
+    }
+    return true;
+}
+
 bool manager_config_load(ManagerConfig *cfg, const char *path, Error **errp)
 {
     ERRP_GUARD();
@@ -109,6 +163,10 @@ bool manager_config_load(ManagerConfig *cfg, const char *path, Error **errp)
                    MANAGER_CLOCK_EPS_MS);
         goto fail;
     }
+    if (g_key_file_has_group(kf, "qemu") &&
+        !manager_config_load_qemu(cfg, kf, errp)) {
+        goto fail;
+    }
     if (cfg->renew_ms * 2 > cfg->validity_ms) {
         error_setg(errp, "[lease] renew-ms (%" PRId64 ") must be at most "
                    "half of validity-ms (%" PRId64 ")", cfg->renew_ms,
@@ -131,6 +189,14 @@ void manager_config_free(ManagerConfig *cfg)
     g_free(cfg->qmp);
     g_free(cfg->state_file);
     g_strfreev(cfg->etcd_endpoints);
+    g_free(cfg->qemu_binary);
+    g_free(cfg->qemu_img);
+    g_strfreev(cfg->qemu_args);
+    g_strfreev(cfg->qemu_wrapper);
+    g_free(cfg->disk);
+    g_free(cfg->disk_device);
+    g_free(cfg->workdir);
+    g_free(cfg->address);
     memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -212,10 +212,10 @@ static bool qmp_connect(QmpClient *c, int64_t deadline, Error **errp)
     return true;
 }
 
-QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
-                       Error **errp)
+QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
+                            int64_t timeout_ms, Error **errp)
 {
-    int64_t deadline = get_clock() / SCALE_MS + c->timeout_ms;
+    int64_t deadline = get_clock() / SCALE_MS + timeout_ms;
     g_autoptr(QDict) answer = NULL;
     QDict *request = qdict_new();
     QDict *error;
@@ -246,6 +246,21 @@ QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
         qmp_client_close(c);
         return NULL;
     }
-    return qobject_to(QDict, ret) ? qobject_ref(qobject_to(QDict, ret))
-                                  : qdict_new();
+    return qobject_ref(ret);
+}
+
+QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
+                       Error **errp)
+{
+    QObject *ret = qmp_client_execute(c, command, args, c->timeout_ms, errp);
+    QDict *d = qobject_to(QDict, ret);
+
+    if (!ret) {
+        return NULL;
+    }
+    if (!d) {
+        qobject_unref(ret);
+        return qdict_new();
+    }
+    return d;
 }

@@ -25,4 +25,8 @@ void qmp_client_free(QmpClient *c);
 QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
                        Error **errp);
 
+/* The same, returning what @command returned as it is, within @timeout_ms. */
+QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
+                            int64_t timeout_ms, Error **errp);
+
 #endif
