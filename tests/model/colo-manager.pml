@@ -48,6 +48,20 @@
  *               its etcd lease runs (etcd's clock), so the key cannot
  *               pass before QEMU's lease lapses.
  *
+ * Re-protection (REPROTECT, colo-manager-reprotect.pml): the run starts
+ * with the primary alone under a sole lease, having released output no
+ * checkpoint covers, no successor, and a fresh secondary waiting
+ * (S_WAIT); the migration into COLO (MIGRATE) gives the secondary the
+ * whole state, and QEMU drops the lease's sole flag as it enters COLO.
+ * Then the manager names the successor (TXN_PROTECT) only on a reading
+ * that shows QEMU in COLO under a lease that is not sole
+ * (READING_COLO(true)), and never grants sole leases to a QEMU it read
+ * in COLO.  The second rule is for progress, not safety (the model finds
+ * no violation without it: the successor is named before any grant from
+ * the same reading): without it, a sole grant that reached QEMU after
+ * the migration would be renewed sole for ever, and the successor never
+ * named.
+ *
  * Mutants, each of which must produce a violation:
  *   NO_SUCCESSOR_CHECK  the take-over transaction does not ask that this
  *                       host be the successor (COVERED);
@@ -60,7 +74,10 @@
  *                       lease outlast etcd's (LEASE);
  *   SHORT_TTL           TTL = V + M - 1: drift (LEASE);
  *   REVOKE_ALONE        the manager revokes its etcd lease when its QEMU
- *                       serves alone, not only once it is fenced (LEASE).
+ *                       serves alone, not only once it is fenced (LEASE);
+ *   PROTECT_WHILE_SOLE  (REPROTECT) the successor is named on any reading
+ *                       in COLO, even under a sole lease granted just
+ *                       before the migration (COVERED).
  *
  * Faults.  Any step may be delayed without bound: the model may leave any
  * message in its channel, and any process unscheduled, for as long as it
@@ -101,6 +118,7 @@
 #define S_TOOK_OVER 2
 #define S_DOWN      3
 #define S_DEAD      4
+#define S_WAIT      5   /* REPROTECT: started, waiting for the migration */
 
 #define MP_HOLD  0
 #define MP_LOST  1
@@ -114,7 +132,7 @@
 
 mtype = { CKPT, ACK, ERR, QUERY, READING, GRANT, ANSWER, ALONE, HANDOVER,
           KEEPALIVE, KEPT, TXN_ALONE, TXN_ALONE_DONE, TXN_TAKE, TAKEN,
-          REVOKE };
+          REVOKE, READING_COLO, TXN_PROTECT, TXN_PROTECT_DONE };
 
 chan fwd = [1] of { mtype, byte };      /* primary -> secondary */
 chan back = [MAXE] of { mtype, byte };  /* secondary -> primary: RECEIVED */
@@ -128,29 +146,53 @@ chan e2ms = [1] of { mtype, bool };
 bool p_frozen = false;      /* SIGSTOP: the loop and its timers stand */
 bool e_frozen = false;      /* etcd down or paused */
 
+#ifdef REPROTECT
+/* Alone under a sole lease, output released beyond checkpoint 0. */
+byte p_state = P_ALONE;
+byte p_epoch = 0;
+byte released_max = 1;
+byte p_left = V;
+bool p_sole = true;
+#else
 byte p_state = P_COLO;
 byte p_epoch = 0;           /* last checkpoint sent */
 byte released_max = 0;      /* newest epoch whose output clients saw */
 byte p_left = 0;            /* lease left, on the primary's clock */
 bool p_sole = false;        /* the lease held is sole */
+#endif
 byte p_lag = W - 1;         /* ticks since the primary's clock fell behind */
 byte p_read_age = V;        /* its clock's ticks since its last reading */
 
+#ifdef REPROTECT
+byte s_state = S_WAIT;
+#else
 byte s_state = S_RECV;
+#endif
 byte s_have = 0;            /* last checkpoint fully received */
 
 byte e_owner = OWNER_P;     /* the primary key */
 byte e_left = TTL;          /* the primary's etcd lease, etcd's clock */
+#ifdef REPROTECT
+bool e_successor = false;
+#else
 bool e_successor = true;    /* the successor key names the secondary */
+#endif
 
 byte mp_state = MP_HOLD;
 bool mp_query_out = false;  /* a reading asked for, not come */
 bool mp_read_ok = false;    /* a reading to grant from */
 bool mp_kept = false;       /* KEEPALIVE_FIRST: renewed, reading next */
 bool mp_ka_out = false;     /* a keep-alive sent, its answer not come */
+bool mp_read_colo = false;  /* the reading to grant from: QEMU in COLO */
+#ifdef REPROTECT
+bool mp_alone = true;
+bool mp_txn_out = false;
+bool mp_sole = true;
+#else
 bool mp_alone = false;      /* its QEMU said it is alone */
 bool mp_txn_out = false;
 bool mp_sole = false;       /* the successor is removed: grants are sole */
+#endif
 
 byte ms_state = MS_WATCH;
 bool ms_txn_out = false;
@@ -162,6 +204,14 @@ bool ms_txn_out = false;
 #define COVERED     (s_state != S_TOOK_OVER || released_max <= s_have)
 #define LEASE       (p_state == P_FENCED || p_state == P_GONE || \
                      p_left == 0 || e_left > 0)
+
+/* On a reading in COLO (NOT_SOLE: its lease is not sole): name the peer. */
+#ifdef PROTECT_WHILE_SOLE
+#define MAY_PROTECT(not_sole) (mp_state == MP_HOLD && mp_sole && !mp_txn_out)
+#else
+#define MAY_PROTECT(not_sole) (not_sole && mp_state == MP_HOLD && mp_sole && \
+                               !mp_txn_out)
+#endif
 
 /* A grant whose lease ran out on its way, from C (QEMU refuses it). */
 #define RAN_OUT (p_read_age >= V)
@@ -213,7 +263,8 @@ active proctype Nemesis()
         :: e_frozen = true
         :: atomic { (p_state == P_COLO || p_state == P_ALONE) ->
                     p_state = P_GONE }
-        :: atomic { (s_state == S_RECV || s_state == S_CUT_OFF) ->
+        :: atomic { (s_state == S_RECV || s_state == S_CUT_OFF ||
+                     s_state == S_WAIT) ->
                     s_state = S_DEAD }
         fi
     :: atomic { p_frozen = false; e_frozen = false }
@@ -249,6 +300,13 @@ end:
             :: e_owner == OWNER_P -> e_successor = false;
                                      e2mp ! TXN_ALONE_DONE(true)
             :: else -> e2mp ! TXN_ALONE_DONE(false)
+            fi
+        :: m == TXN_PROTECT ->
+            /* if primary == this host: put successor = the peer */
+            if
+            :: e_owner == OWNER_P -> e_successor = true;
+                                     e2mp ! TXN_PROTECT_DONE(true)
+            :: else -> e2mp ! TXN_PROTECT_DONE(false)
             fi
         fi;
         assert(LEASE) }
@@ -311,7 +369,24 @@ end:
             fi;
             mp_kept = false
 #else
-            mp_read_ok = true
+            mp_read_ok = true;
+            mp_read_colo = false
+#endif
+        :: m == READING_COLO ->
+            /* in COLO; ok: its lease is not sole */
+            mp_query_out = false;
+            mp_alone = false;           /* a later ALONE says otherwise */
+#ifdef KEEPALIVE_FIRST
+            mp_kept = false
+#else
+            mp_read_ok = true;
+            mp_read_colo = true;
+            if
+            :: MAY_PROTECT(ok) && nfull(mp2e) ->
+                mp2e ! TXN_PROTECT(false); mp_txn_out = true
+            :: !MAY_PROTECT(ok) -> skip
+            :: full(mp2e) -> skip
+            fi
 #endif
         :: m == ANSWER -> skip          /* may never come: ignored */
         :: m == ALONE ->
@@ -334,7 +409,7 @@ end:
             /* grant from the reading taken before the keep-alive */
             if
             :: ok && mp_read_ok && mp_state == MP_HOLD && nfull(a2p) ->
-                a2p ! GRANT(mp_sole)
+                a2p ! GRANT(mp_sole && !mp_read_colo)
             :: !(ok && mp_read_ok && mp_state == MP_HOLD) || full(a2p) ->
                 skip
             fi;
@@ -344,6 +419,12 @@ end:
             mp_txn_out = false;
             if
             :: ok -> mp_sole = true
+            :: !ok -> mp_state = MP_LOST
+            fi
+        :: m == TXN_PROTECT_DONE ->
+            mp_txn_out = false;
+            if
+            :: ok -> mp_sole = false
             :: !ok -> mp_state = MP_LOST
             fi
         fi }
@@ -400,6 +481,14 @@ end:
         :: nfull(p2a) -> p2a ! ALONE(false)   /* X_COLO event */
         :: full(p2a) -> skip
         fi }
+#ifdef REPROTECT
+    :: atomic { p_state == P_ALONE && p_sole && p_left > 0 &&
+                s_state == S_WAIT && p_epoch < MAXE ->
+        /* MIGRATE into COLO: the secondary gets the whole state, */
+        p_epoch++; s_have = p_epoch; s_state = S_RECV;
+        /* and QEMU's lease is no longer sole */
+        p_state = P_COLO; p_sole = false }
+#endif
     :: atomic { P_MAY_RELEASE ->
         /* uncovered output: held at the switch, and emitted since */
         released_max = p_epoch + 1;
@@ -412,10 +501,18 @@ end:
         :: m == QUERY ->
             /* clock-ms now, and whether it is fenced (for good) */
             p_read_age = 0;
+#ifdef REPROTECT
+            if
+            :: p_state == P_COLO -> p2a ! READING_COLO(!p_sole)
+            :: else ->
+#endif
 #ifdef REVOKE_ALONE
             p2a ! READING(p_state == P_FENCED || p_state == P_ALONE)
 #else
             p2a ! READING(p_state == P_FENCED)
+#endif
+#ifdef REPROTECT
+            fi
 #endif
         :: m == GRANT && (p_state == P_FENCED || RAN_OUT) ->
             p2a ! ANSWER(false)     /* fenced, or it ran out on its way */

@@ -1,0 +1,17 @@
+/*
+ * colo-manager.pml from the state a re-protection starts in: the primary
+ * alone under a sole lease, its released output covered by no checkpoint,
+ * no successor, a fresh secondary waiting for the migration into COLO.
+ * The rules and states are colo-manager.pml's (see REPROTECT there);
+ * what this run checks is the naming of the successor (TXN_PROTECT).
+ *
+ * model-mutants: PROTECT_WHILE_SOLE
+ * model-pan-flags: -E
+ *
+ * 25 million states, 4 minutes, 2.2 GB (REPROTECT's mutant: 3 minutes).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#define REPROTECT
+#include "colo-manager.pml"
