@@ -1,5 +1,6 @@
 """colo-manager (tools/colo-manager/) for the tests: one per host, its
-configuration written from arguments, its log in WORKDIR.
+configuration written from arguments, its log in WORKDIR; ManagedHost, a
+host whose manager runs its QEMU too (a [qemu] group).
 
     m = ManagerProc(workdir, "host-a", "host-b", qmp_sock, etcd.url,
                     gated=True)     # m.gate cuts it off etcd
@@ -14,8 +15,10 @@ import os
 import signal
 import subprocess
 
+import colo_env
 from colo_env import BUILD_DIR
 from etcd_gate import EtcdGate
+from vm import GUEST_IP, GUEST_MAC, QEMUMonitorProtocol
 
 MANAGER_BIN = os.environ.get("COLO_MANAGER") or os.path.join(
     BUILD_DIR, "qemu", "tools", "colo-manager", "colo-manager")
@@ -98,3 +101,106 @@ class ManagerProc:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class ManagedHost:
+    """A host of the pair: its manager, its QEMU (started by the manager)
+    and a monitor of the test's own on that QEMU."""
+
+    def __init__(self, bed, workdir, etcd_url, name, peer, tap, disk,
+                 append="", **manager_kw):
+        self.name = name
+        self.bed = bed
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.disk = disk
+        self.test_sock = os.path.join(self.dir, "test-qmp.sock")
+        self.serial = os.path.join(self.dir, "serial.log")
+        bed.add_tap(tap)
+        kernel, initrd = colo_env.guest_images()
+        append = ("console=ttyS0 quiet colo.ip=%s/24 colo.port=7777 "
+                  "colo.disk=/dev/vda colo.disk_interval_ms=5 %s"
+                  % (GUEST_IP, append))
+        args = (["-name", name, "-machine", "pc", "-nodefaults",
+                 "-no-user-config", "-display", "none",
+                 "-accel", colo_env.ACCEL, "-m", "256", "-smp", "1",
+                 "-serial", "file:%s" % self.serial,
+                 "-kernel", kernel, "-initrd", initrd, "-append", append] +
+                colo_env.firmware_args() +
+                ["-netdev", "tap,id=hn0,ifname=%s,script=no,downscript=no"
+                 % tap,
+                 "-device", "virtio-net-pci,netdev=hn0,mac=%s" % GUEST_MAC,
+                 "-chardev", "socket,id=test,path=%s,server=on,wait=off"
+                 % self.test_sock, "-mon", "chardev=test,mode=control"])
+        quote = subprocess.list2cmdline
+        migrate_port, nbd_port = bed.free_port(), bed.free_port()
+        while nbd_port == migrate_port:
+            nbd_port = bed.free_port()
+        self.manager = ManagerProc(
+            workdir, name, peer, os.path.join(self.dir, "manager-qmp.sock"),
+            etcd_url,
+            host_extra="address = 127.0.0.1\nmigrate-port = %d\n"
+                       "nbd-port = %d\n" % (migrate_port, nbd_port),
+            extra="\n[qemu]\nbinary = %s\nimg = %s\nwrapper = %s\n"
+                  "args = %s\ndisk = %s\nworkdir = %s\n"
+                  "checkpoint-delay-ms = 100\n"
+                  % (colo_env.qemu_binary(), colo_env.tool("qemu-img"),
+                     quote(bed.wrap([])), quote(args), disk, self.dir),
+            **manager_kw)
+
+    def qmp(self, cmd, args=None, **kw):
+        """Like QemuVM.qmp, on the QEMU the manager runs now."""
+        a = dict(args or {})
+        a.update(kw)
+        mon = QEMUMonitorProtocol(self.test_sock, nickname=self.name)
+        try:
+            mon.connect(negotiate=True)
+            mon.settimeout(30)
+            r = mon.cmd_raw(cmd, a)
+        finally:
+            mon.close()
+        if "error" in r:
+            raise RuntimeError("%s: %s: %s" % (self.name, cmd, r["error"]))
+        return r["return"]
+
+    def colo_status(self):
+        try:
+            return self.qmp("query-colo-status")
+        except Exception:
+            return None
+
+    def qemu_pid(self):
+        return self.manager.state().get("qemu-pid", 0)
+
+    def kill_qemu(self):
+        pid = self.qemu_pid()
+        assert pid, self.manager.state()
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+
+def managed_disks(workdir, size_mb=64):
+    """Disk images for host-a and host-b: the first a blank raw image,
+    the second a file of the same size, which the first copy overwrites."""
+    disk_a = os.path.join(workdir, "disk-a.raw")
+    disk_b = os.path.join(workdir, "disk-b.raw")
+    subprocess.run([colo_env.tool("qemu-img"), "create", "-q", "-f", "raw",
+                    disk_a, "%dM" % size_mb], check=True, timeout=30)
+    with open(disk_b, "wb") as f:
+        f.truncate(size_mb << 20)
+    return disk_a, disk_b
+
+
+def pair_protected(etcd, hosts, vm="vm0"):
+    """(primary host, secondary host) once the successor key names the
+    other host and its QEMU is a secondary in COLO, else None."""
+    p = etcd.get("colo/%s/primary" % vm)
+    s = etcd.get("colo/%s/successor" % vm)
+    if not p or not s:
+        return None
+    by = {h.name: h for h in hosts}
+    st = by[s[0]].colo_status()
+    if st and st["mode"] == "secondary" and \
+            (by[p[0]].colo_status() or {}).get("mode") == "primary":
+        return by[p[0]], by[s[0]]
+    return None

@@ -1,43 +1,48 @@
 #!/usr/bin/env python3
-"""`make demo`: a COLO-protected test guest, shown working.
+"""`make demo`: a COLO-protected test guest, run by colo-manager, shown
+working and failing over.
 
-Starts a primary and a secondary QEMU with the test guest in a private
-network namespace, puts them in COLO, runs the counter client against the
-guest's service, and prints the pair's checkpoint statistics every second:
-first with a 200 ms checkpoint period, then 1000 ms.  The guest's disk is
-protected by block replication and written all along by the guest's disk
-writer.  Each QEMU has its colo-manager, which decide through an etcd
-member (on loopback) which side serves.  Then it checks that a checkpoint
-taken with the primary stopped leaves both memories equal, hangs the
-primary (SIGSTOP: a pair without an arbiter would wait for an operator)
-and shows the managers handing over to the secondary while the client
-carries on, on the same TCP connection; the hung primary, continued,
-fences itself.  It powers the guest off and checks the survivor's disk.
-Everything it made is removed at the end, also on Ctrl-C.
+An etcd member (on loopback) and, for each of two hosts, one command:
+`colo-manager run CONFIG`.  The first manager boots the test guest, the
+other starts a secondary; the primary's copies the guest's disk to it,
+replicates it, and enters COLO, with nothing else typed.  A client counts
+through the guest's service every 20 ms while the pair's checkpoint
+statistics are printed every second: periodic checkpoints (200 ms, then
+1000 ms), then output-driven ones (the default).  A checkpoint taken with
+the primary stopped leaves both memories equal.  Then the primary *host*
+dies (its QEMU and its manager killed): after the etcd lease's TTL the
+secondary's manager takes the key and hands over, the client carrying on
+on the same TCP connection; the dead host's manager, started again,
+starts a secondary there, which the survivor protects by itself.  Then
+the new primary's QEMU is killed (its manager alive: the key passes at
+once) and the pair is protected a third time.  Last, the guest is
+powered off and the survivor's disk checked against every write the
+guest saw complete.  Everything it made is removed at the end, also on
+Ctrl-C.
 
     sudo /usr/bin/python3 tests/colo/demo.py [--seconds N]
 """
 
 import argparse
 import os
-import signal
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from colo_pair import (checkpoint_stopped, colo_status,  # noqa: E402
-                       differing_pages, query_guest, save_memory,
-                       standalone_bed, start_arbitrated_pair, wait_until)
-from colo_disk import ReplicatedDisk  # noqa: E402
-from colo_manager import ManagerProc  # noqa: E402
+import colo_env  # noqa: E402
+from colo_pair import (checkpoint_stopped, differing_pages,  # noqa: E402
+                       query_guest, save_memory, standalone_bed, wait_until)
+from colo_manager import (ManagedHost, managed_disks,  # noqa: E402
+                          pair_protected)
 from counter_client import CounterClient, CounterLog  # noqa: E402
 from etcd_member import EtcdMember  # noqa: E402
 
 
 def show(pvm, svm, client, t0):
-    p = colo_status(pvm)
-    s = colo_status(svm)
+    p = pvm.colo_status()
+    s = svm.colo_status()
     st = p["stats"]
     log = CounterLog(client.out)
     now = time.monotonic()
@@ -58,37 +63,74 @@ def main():
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces and taps)")
 
-    with standalone_bed("colo-demo-") as (bed, make_vm, workdir):
-        return run_demo(bed, make_vm, workdir, args.seconds)
+    with standalone_bed("colo-demo-") as (bed, _, workdir):
+        return run_demo(bed, workdir, args.seconds)
 
 
-def run_demo(bed, make_vm, workdir, seconds):
+def status(host):
+    return "  " + host.manager.status(as_json=False).strip().replace(
+        "\n", "\n  ")
+
+
+def protected(etcd, hosts, since, what):
+    pair = wait_until(lambda: pair_protected(etcd, hosts), 300,
+                      "the pair protected")
+    print("demo: %s: protected %.1f s later, %s primary, %s secondary "
+          "(successor)" % (what, time.monotonic() - since, pair[0].name,
+                           pair[1].name), flush=True)
+    return pair
+
+
+def failover(etcd, hosts, client, pvm, svm, whole_host):
+    """Kill PVM's QEMU (WHOLE_HOST: and its manager); wait for SVM to
+    serve; returns the instant of the kill."""
+    seen = CounterLog(client.out).last_value()
+    t_kill = time.monotonic()
+    if whole_host:
+        pvm.manager.kill()
+    pid = pvm.kill_qemu()
+    print("demo: %s dies (%s, QEMU pid %d killed); the client has seen %d"
+          % (pvm.name, "its manager killed too: no one revokes its etcd "
+             "lease" if whole_host else "its manager alive", pid, seen),
+          flush=True)
+    wait_until(lambda: (etcd.get("colo/vm0/primary") or [None])[0] ==
+               svm.name, 60, "the key passing")
+    client.wait_replies(1, 60, after=t_kill)
+    first_t, first_v = CounterLog(client.out).replies_after(t_kill)[0]
+    print("demo: %.1f s later %s's manager held the key and handed over; "
+          "first reply from the survivor %.0f ms after the kill: %d" % (
+              time.monotonic() - t_kill, svm.name,
+              (first_t - t_kill) * 1000, first_v), flush=True)
+    return t_kill
+
+
+def run_demo(bed, workdir, seconds):
     client = None
     etcd = None
-    managers = []
+    hosts = []
     try:
         etcd = EtcdMember(workdir)
-        print("demo: etcd at %s; booting the primary and entering COLO "
-              "(namespace %s)" % (etcd.url, bed.ns), flush=True)
-        disk = ReplicatedDisk(workdir)
-        pvm, svm, socks = start_arbitrated_pair(
-            bed, make_vm, workdir, delay_ms=200, disk=disk,
-            append="colo.dirty_mbps=5 colo.dirty_mb=64 " +
-            disk.guest_append())
-        managers = [ManagerProc(workdir, "host-a", "host-b", socks[0],
-                                etcd.url).start(),
-                    ManagerProc(workdir, "host-b", "host-a", socks[1],
-                                etcd.url).start()]
-        wait_until(lambda: colo_status(pvm)["x-lease"]["state"] == "valid",
-                   30, "the primary's first lease")
-        print("demo: colo-manager on each side; 'colo-manager status' on "
-              "the primary's:\n  " +
-              managers[0].status(as_json=False).strip().replace(
-                  "\n", "\n  "), flush=True)
+        disks = managed_disks(workdir)
+        hosts = [ManagedHost(bed, workdir, etcd.url, "host-a", "host-b",
+                             "tap-p", disks[0], append="colo.dirty_mbps=5 "
+                             "colo.dirty_mb=64", renew_ms=500),
+                 ManagedHost(bed, workdir, etcd.url, "host-b", "host-a",
+                             "tap-s", disks[1], append="colo.dirty_mbps=5 "
+                             "colo.dirty_mb=64", renew_ms=500)]
+        print("demo: etcd at %s; on each host one command (namespace %s):"
+              % (etcd.url, bed.ns), flush=True)
+        t0 = time.monotonic()
+        for h in hosts:
+            print("  colo-manager run %s" % h.manager.config, flush=True)
+            h.manager.start()
+        pvm, svm = protected(etcd, hosts, t0, "started")
+        print("demo: 'colo-manager status' on %s:\n%s" % (pvm.name,
+                                                        status(pvm)),
+              flush=True)
         client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
-                               interval=0.02, timeout=30, duration=600)
-        client.wait_replies(10, 60)
-        print("demo: in COLO; the guest dirties 5 MB/s and writes its disk "
+                               interval=0.02, timeout=30, duration=900)
+        client.wait_replies(10, 120)
+        print("demo: the guest dirties 5 MB/s and writes its disk "
               "(replicated over NBD) every 5 ms; a client counts through its "
               "service every 20 ms", flush=True)
         t0 = time.monotonic()
@@ -116,65 +158,53 @@ def run_demo(bed, make_vm, workdir, seconds):
                                            "x-colo-output-delay": 1})
         client.wait_replies(20, 60, after=time.monotonic())
 
-        seen = CounterLog(client.out).last_value()
-        acked = int(query_guest(bed, "disk"))
-        print("demo: the primary hangs (SIGSTOP); the client has seen %d, "
-              "and disk write %d complete" % (seen, acked), flush=True)
-        t_kill = time.monotonic()
-        pvm.proc.send_signal(signal.SIGSTOP)
-        ev = svm.wait_event("COLO_EXIT", 60)
-        svm.wait_status({"running"}, 30)
-        svm.qmp("nbd-server-stop")
-        print("demo: %.1f s later, its etcd lease expired: the secondary's "
-              "manager took the key and handed over (COLO_EXIT %s); the "
-              "secondary runs the guest" % (time.monotonic() - t_kill,
-                                            ev["data"]["reason"]),
+        t_kill = failover(etcd, hosts, client, pvm, svm, whole_host=True)
+        client.wait_replies(20, 60, after=time.monotonic())
+        print("demo: %s comes back: its manager, started again, finds the "
+              "key on %s and starts a secondary" % (pvm.name, svm.name),
               flush=True)
-        pvm.proc.send_signal(signal.SIGCONT)
-        lapsed = pvm.wait_event("X_COLO_LEASE_LAPSED", 30,
-                                match=lambda e: e["data"]["fenced"])
-        print("demo: the hung primary, continued, found its lease lapsed "
-              "and fenced itself (X_COLO_LEASE_LAPSED fenced=%s; its VM is "
-              "%s): never two serving" % (
-                  lapsed["data"]["fenced"],
-                  pvm.qmp("query-status")["status"]), flush=True)
-        print("demo: 'colo-manager status' on the secondary's:\n  " +
-              managers[1].status(as_json=False).strip().replace(
-                  "\n", "\n  "), flush=True)
-        pvm.proc.kill()
-        pvm.proc.wait(timeout=30)
-        client.wait_replies(50, 120, after=t_kill)
+        t_back = time.monotonic()
+        pvm.manager.start()
+        pvm, svm = protected(etcd, hosts, t_back, "re-protection")
+        client.wait_replies(20, 60, after=time.monotonic())
+
+        t_kill = failover(etcd, hosts, client, pvm, svm, whole_host=False)
+        pvm, svm = protected(etcd, hosts, t_kill, "re-protection by itself")
+        print("demo: 'colo-manager status' on %s:\n%s" % (pvm.name,
+                                                        status(pvm)),
+              flush=True)
+        client.wait_replies(50, 120, after=time.monotonic())
+        acked = int(query_guest(bed, "disk"))
         client.stop()
         log = CounterLog(client.out)
-        first_t, first_v = log.replies_after(t_kill)[0]
         survivor = int(query_guest(bed, "get"))
-        print("demo: first reply from the survivor %.0f ms after the hang: %d;"
-              " %d replies in all, never backwards: %s, one connection: %s, "
-              "longest gap %.0f ms; the survivor's counter %d >= %d seen"
-              % ((first_t - t_kill) * 1000, first_v, log.count,
-                 log.never_backwards(), not log.reconnects() and
+        print("demo: %d replies in all, never backwards: %s, one connection: "
+              "%s, longest gap %.0f ms; the survivor's counter %d >= %d seen"
+              % (log.count, log.never_backwards(), not log.reconnects() and
                  not log.errors(), log.longest_gap()[0] * 1000, survivor,
-                 seen), flush=True)
+                 log.last_value()), flush=True)
         ok = (not diff and log.never_backwards() and not log.errors()
               and survivor >= log.last_value())
-        print("demo: powering the guest off: %s"
+        for h in hosts:
+            h.manager.close()       # a QEMU exiting is a failure to them
+        print("demo: managers stopped; powering the guest off: %s"
               % query_guest(bed, "poweroff"), flush=True)
-        wait_until(lambda: not svm.is_running(), 60, svm.name)
-        print("demo: the survivor exited with status %d"
-              % svm.proc.returncode, flush=True)
-        disk_ok, report = disk.verify(disk.secondary_image, acked)
-        print("demo: the survivor's disk %s every write seen complete before "
-              "the hang (up to %d; it now ends at %d): %d valid blocks, "
-              "%d torn, %d missing, %d holes"
-              % ("holds" if disk_ok else "DOES NOT HOLD", acked,
-                 report["max_seq"], report["valid"], report["torn"],
-                 report["missing"], report["holes"]), flush=True)
+        wait_until(lambda: pvm.colo_status() is None, 60, "the QEMU's exit")
+        r = subprocess.run([colo_env.tool("colo-disk-verify"), pvm.disk,
+                            str(acked)], capture_output=True, text=True,
+                           timeout=60)
+        disk_ok = r.returncode == 0
+        print("demo: the survivor's disk (%s's) %s every write seen complete"
+              " (up to %d): %s" % (pvm.name, "holds" if disk_ok else
+                                   "DOES NOT HOLD", acked, r.stdout.strip()),
+              flush=True)
         return 0 if ok and disk_ok else 1
     finally:
         if client is not None:
             client.stop(timeout=5)
-        for m in managers:
-            m.close()
+        for h in hosts:
+            h.manager.close()
+        subprocess.run(["pkill", "-KILL", "-f", workdir], timeout=30)
         if etcd is not None:
             etcd.close()
 

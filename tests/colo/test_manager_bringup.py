@@ -24,105 +24,30 @@ results dir.
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 
 import pytest
 
 import colo_env
-from colo_manager import ManagerProc
+from colo_manager import ManagedHost, managed_disks, pair_protected
 from colo_pair import READY_RE, BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
 from test_manager import keys
-from vm import GUEST_MAC, GUEST_IP, QEMUMonitorProtocol
 
 DISK_MB = 64
 PROTECT_TIMEOUT_S = 180
 
 
-class Host:
-    """A host of the pair: its manager, its QEMU (started by the manager)
-    and a monitor of the test's own on that QEMU."""
-
-    def __init__(self, bed, workdir, etcd, name, peer, tap, disk):
-        self.name = name
-        self.bed = bed
-        self.dir = os.path.join(workdir, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.disk = disk
-        self.test_sock = os.path.join(self.dir, "test-qmp.sock")
-        self.serial = os.path.join(self.dir, "serial.log")
-        bed.add_tap(tap)
-        kernel, initrd = colo_env.guest_images()
-        append = ("console=ttyS0 quiet colo.ip=%s/24 colo.port=7777 "
-                  "colo.disk=/dev/vda colo.disk_interval_ms=5" % GUEST_IP)
-        args = (["-name", name, "-machine", "pc", "-nodefaults",
-                 "-no-user-config", "-display", "none",
-                 "-accel", colo_env.ACCEL, "-m", "256", "-smp", "1",
-                 "-serial", "file:%s" % self.serial,
-                 "-kernel", kernel, "-initrd", initrd, "-append", append] +
-                colo_env.firmware_args() +
-                ["-netdev", "tap,id=hn0,ifname=%s,script=no,downscript=no"
-                 % tap,
-                 "-device", "virtio-net-pci,netdev=hn0,mac=%s" % GUEST_MAC,
-                 "-chardev", "socket,id=test,path=%s,server=on,wait=off"
-                 % self.test_sock, "-mon", "chardev=test,mode=control"])
-        quote = subprocess.list2cmdline
-        migrate_port, nbd_port = bed.free_port(), bed.free_port()
-        while nbd_port == migrate_port:
-            nbd_port = bed.free_port()
-        self.manager = ManagerProc(
-            workdir, name, peer, os.path.join(self.dir, "manager-qmp.sock"),
-            etcd.url,
-            host_extra="address = 127.0.0.1\nmigrate-port = %d\n"
-                       "nbd-port = %d\n" % (migrate_port, nbd_port),
-            extra="\n[qemu]\nbinary = %s\nimg = %s\nwrapper = %s\n"
-                  "args = %s\ndisk = %s\nworkdir = %s\n"
-                  "checkpoint-delay-ms = 100\n"
-                  % (colo_env.qemu_binary(), colo_env.tool("qemu-img"),
-                     quote(bed.wrap([])), quote(args), disk, self.dir))
-
-    def qmp(self, cmd, args=None):
-        mon = QEMUMonitorProtocol(self.test_sock, nickname=self.name)
-        try:
-            mon.connect(negotiate=True)
-            mon.settimeout(30)
-            r = mon.cmd_raw(cmd, args or {})
-        finally:
-            mon.close()
-        if "error" in r:
-            raise RuntimeError("%s: %s: %s" % (self.name, cmd, r["error"]))
-        return r["return"]
-
-    def colo_status(self):
-        try:
-            return self.qmp("query-colo-status")
-        except Exception:
-            return None
-
-    def qemu_pid(self):
-        return self.manager.state().get("qemu-pid", 0)
-
-    def kill_qemu(self):
-        pid = self.qemu_pid()
-        assert pid, self.manager.state()
-        os.kill(pid, signal.SIGKILL)
-        return pid
-
-
 @pytest.fixture
 def hosts(bed, workdir, etcd):
-    disk_a = os.path.join(workdir, "disk-a.raw")
-    disk_b = os.path.join(workdir, "disk-b.raw")
-    subprocess.run([colo_env.tool("qemu-img"), "create", "-q", "-f", "raw",
-                    disk_a, "%dM" % DISK_MB], check=True, timeout=30)
-    with open(disk_b, "wb") as f:
-        f.truncate(DISK_MB << 20)   # overwritten by the copy
-    pair = [Host(bed, workdir, etcd, "host-a", "host-b", "tap-p", disk_a),
-            Host(bed, workdir, etcd, "host-b", "host-a", "tap-s", disk_b)]
+    disk_a, disk_b = managed_disks(workdir, DISK_MB)
+    pair = [ManagedHost(bed, workdir, etcd.url, "host-a", "host-b", "tap-p",
+                        disk_a),
+            ManagedHost(bed, workdir, etcd.url, "host-b", "host-a", "tap-s",
+                        disk_b)]
     try:
         yield pair
     finally:
@@ -132,26 +57,12 @@ def hosts(bed, workdir, etcd):
         subprocess.run(["pkill", "-KILL", "-f", workdir], timeout=30)
 
 
-def protected(etcd, hosts):
-    """(primary host, secondary host) once the successor key names the
-    other host and its QEMU is a secondary in COLO, else None."""
-    p, s = keys(etcd)
-    if not p or not s:
-        return None
-    by = {h.name: h for h in hosts}
-    st = by[s].colo_status()
-    if st and st["mode"] == "secondary" and \
-            (by[p].colo_status() or {}).get("mode") == "primary":
-        return by[p], by[s]
-    return None
-
-
 def test_bringup_failover_reprotect(bed, workdir, etcd, hosts, counter,
                                     results_dir):
     t0 = time.monotonic()
     for h in hosts:
         h.manager.start()
-    primary, secondary = wait_until(lambda: protected(etcd, hosts),
+    primary, secondary = wait_until(lambda: pair_protected(etcd, hosts),
                                     PROTECT_TIMEOUT_S, "the pair protected")
     result = {"bringup_s": round(time.monotonic() - t0, 3), "rounds": []}
     assert etcd.get("colo/vm0/booted")[0] == primary.name
@@ -174,7 +85,7 @@ def test_bringup_failover_reprotect(bed, workdir, etcd, hosts, counter,
         client.wait_replies(10, 60, after=t_kill)
         replies = CounterLog(client.out).replies_after(t_kill)
         takeover = replies[0][0] - t_kill
-        pair = wait_until(lambda: protected(etcd, hosts), PROTECT_TIMEOUT_S,
+        pair = wait_until(lambda: pair_protected(etcd, hosts), PROTECT_TIMEOUT_S,
                           "the pair protected again")
         assert pair == (secondary, primary)
         result["rounds"].append({

@@ -32,7 +32,8 @@
  * successor in a transaction that holds only while it still owns the
  * primary key, and only then grants sole leases.  A reading that says
  * its QEMU fenced itself (for good: no grant takes any more) makes it
- * revoke its etcd lease, so that the key passes at once (MP_LOST).
+ * revoke its etcd lease, so that the key passes at once (MP_LOST); so
+ * does a manager whose QEMU exited (its child, reaped: P_GONE for sure).
  *
  * The secondary's manager (MS_WATCH) asks etcd, at any time, to take the
  * primary key in a transaction: the key is gone (its lease expired) and
@@ -428,6 +429,9 @@ end:
             :: !ok -> mp_state = MP_LOST
             fi
         fi }
+    :: atomic { mp_state == MP_HOLD && p_state == P_GONE && nfull(mp2e) ->
+        /* its QEMU exited: let the key go at once */
+        mp_state = MP_LOST; mp2e ! REVOKE(false) }
     :: atomic { mp_state == MP_HOLD && mp_alone && !mp_sole && !mp_txn_out &&
                 nfull(mp2e) ->
         mp2e ! TXN_ALONE(false); mp_txn_out = true }
