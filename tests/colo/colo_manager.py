@@ -114,6 +114,7 @@ class ManagedHost:
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.disk = disk
+        self.tap = tap
         self.test_sock = os.path.join(self.dir, "test-qmp.sock")
         self.serial = os.path.join(self.dir, "serial.log")
         bed.add_tap(tap)
@@ -136,6 +137,7 @@ class ManagedHost:
         migrate_port, nbd_port = bed.free_port(), bed.free_port()
         while nbd_port == migrate_port:
             nbd_port = bed.free_port()
+        self.migrate_port, self.nbd_port = migrate_port, nbd_port
         self.manager = ManagerProc(
             workdir, name, peer, os.path.join(self.dir, "manager-qmp.sock"),
             etcd_url,

@@ -1,42 +1,47 @@
-"""Jepsen-style: a pair arbitrated by colo-manager through etcd
-(test_manager.py's bed), one nemesis per round drawn at random, at a
-random instant, held for a random time, then healed:
+"""Jepsen-style: a pair run by colo-manager alone (one `colo-manager run`
+per host with a [qemu] group, test_manager_bringup.py's bed), one nemesis
+per round drawn at random, at a random instant, held for a random time,
+then healed:
 
   kill -9 or SIGSTOP of either QEMU and of either manager (a killed
-  manager is restarted at the heal: it rejoins), the replication link cut
-  both ways or one way, a manager cut off etcd, a host isolated (its
-  manager cut off etcd, the replication link cut, its tap down: clients
-  cannot reach it either), etcd stopped.
+  manager is restarted at the heal: it adopts its QEMU), the replication
+  link (migration and NBD) cut both ways or one way, a manager cut off
+  etcd, a host isolated (its manager cut off etcd, the link cut, its tap
+  down: clients cannot reach it either), etcd stopped.
 
 Invariants, every round, on everything the client saw and on what is
 left: the client's counter never goes backwards nor skips, and the
 survivor stands behind every value the client saw; after the heal
-exactly one QEMU runs the guest (the other is dead, fenced, or a
-secondary that was never handed over), and a side that took over did so
-only through etcd's key; no write the guest saw complete is lost (the
-survivor's disk is checked after its guest powers off).
+exactly one QEMU runs the guest and may release its output, still so a
+moment later; a side that took over did so only through etcd's key; the
+pair is protected again, with no command, within REPROTECT_S of the
+heal; no write the guest saw complete is lost (the survivor's disk is
+checked after its guest powers off).
 
 COLO_NEMESIS_ROUNDS rounds (default 10; make check-slow: 100), drawn
 from COLO_NEMESIS_SEED (default 13): a failing round is replayed by its
 seed and index.  Each round's nemesis, timings and outcome go to
-manager-nemesis-N.json in the results dir, and the take-over times to
-the summary printed at the end of the module.
+manager-nemesis-N.json in the results dir, and the take-over and
+re-protection times to the summary printed at the end of the module.
 """
 
+import datetime
 import json
 import os
 import random
 import signal
+import subprocess
 import time
 
 import pytest
 
-from colo_manager import TTL_S
-from colo_pair import colo_status, query_guest, wait_until
+import colo_env
+from colo_manager import TTL_S, ManagedHost, managed_disks, pair_protected
+from colo_pair import query_guest, wait_until
 from counter_client import CounterLog
-from test_disk import guest_stats, poweroff
-from test_failover import assert_client_ok, survivor_disk_ok
-from test_manager import keys, managed_pair
+from test_disk import guest_stats, wait_writing
+from test_failover import assert_client_ok
+from test_manager import keys
 from test_silence import drop
 
 ROUNDS = int(os.environ.get("COLO_NEMESIS_ROUNDS", "10"))
@@ -44,6 +49,18 @@ SEED = int(os.environ.get("COLO_NEMESIS_SEED", "13"))
 HOLD_S = (1.0, 8.0)         # how long a fault lasts
 INSTANT_S = (0.0, 2.0)      # when it comes, after the pair is serving
 SETTLE_S = TTL_S + 20       # from the heal until one side serves
+REPROTECT_S = 120           # from the heal until protected again
+
+
+def _signal_qemu(h, sig):
+    pid = h.qemu_pid()
+    os.kill(pid, sig)
+    return pid
+
+
+def _pause_qemu(h):
+    pid = _signal_qemu(h, signal.SIGSTOP)
+    return lambda: os.kill(pid, signal.SIGCONT)
 
 
 def _pause(proc):
@@ -51,74 +68,71 @@ def _pause(proc):
     return lambda: proc.send_signal(signal.SIGCONT)
 
 
-def _kill_vm(vm):
-    vm.kill()
-    return lambda: None
+def _cut(c, direction):
+    """The replication link: the secondary's migration and NBD ports."""
+    s = c["s"]
+    heals = [drop(c["bed"], port, direction)
+             for port in (s.migrate_port, s.nbd_port)]
+    return lambda: [h() for h in heals]
 
 
-def _cut_gate(m):
-    m.gate.cut()
-    return m.gate.heal
+def _cut_gate(h):
+    h.manager.gate.cut()
+    return h.manager.gate.heal
 
 
-def _isolate(c, m, tap):
-    heal_link = drop(c["bed"], c["svm"].incoming_port, "both")
-    c["bed"].ip("link", "set", tap, "down")
-    m.gate.cut()
+def _isolate(c, h):
+    heal_link = _cut(c, "both")
+    c["bed"].ip("link", "set", h.tap, "down")
+    h.manager.gate.cut()
 
     def heal():
-        m.gate.heal()
-        c["bed"].ip("link", "set", tap, "up")
+        h.manager.gate.heal()
+        c["bed"].ip("link", "set", h.tap, "up")
         heal_link()
     return heal
 
 
-def _kill_manager(m):
-    m.kill()
-    return m.start          # a restarted manager rejoins
+def _kill_manager(h):
+    h.manager.kill()
+    return h.manager.start      # a restarted manager adopts its QEMU
 
 
 NEMESES = {
-    "kill-primary-qemu": lambda c: _kill_vm(c["pvm"]),
-    "stop-primary-qemu": lambda c: _pause(c["pvm"].proc),
-    "kill-primary-manager": lambda c: _kill_manager(c["mp"]),
-    "stop-primary-manager": lambda c: _pause(c["mp"].proc),
-    "kill-secondary-qemu": lambda c: _kill_vm(c["svm"]),
-    "stop-secondary-qemu": lambda c: _pause(c["svm"].proc),
-    "kill-secondary-manager": lambda c: _kill_manager(c["ms"]),
-    "stop-secondary-manager": lambda c: _pause(c["ms"].proc),
-    "cut-both": lambda c: drop(c["bed"], c["svm"].incoming_port, "both"),
-    "cut-p2s": lambda c: drop(c["bed"], c["svm"].incoming_port, "p2s"),
-    "cut-s2p": lambda c: drop(c["bed"], c["svm"].incoming_port, "s2p"),
-    "cut-primary-manager-etcd": lambda c: _cut_gate(c["mp"]),
-    "cut-secondary-manager-etcd": lambda c: _cut_gate(c["ms"]),
-    "isolate-primary-host": lambda c: _isolate(c, c["mp"],
-                                               "tap-p"),
-    "isolate-secondary-host": lambda c: _isolate(c, c["ms"],
-                                                 "tap-s"),
+    "kill-primary-qemu": lambda c: (_signal_qemu(c["p"], signal.SIGKILL),
+                                    lambda: None)[1],
+    "stop-primary-qemu": lambda c: _pause_qemu(c["p"]),
+    "kill-primary-manager": lambda c: _kill_manager(c["p"]),
+    "stop-primary-manager": lambda c: _pause(c["p"].manager.proc),
+    "kill-secondary-qemu": lambda c: (_signal_qemu(c["s"], signal.SIGKILL),
+                                      lambda: None)[1],
+    "stop-secondary-qemu": lambda c: _pause_qemu(c["s"]),
+    "kill-secondary-manager": lambda c: _kill_manager(c["s"]),
+    "stop-secondary-manager": lambda c: _pause(c["s"].manager.proc),
+    "cut-both": lambda c: _cut(c, "both"),
+    "cut-p2s": lambda c: _cut(c, "p2s"),
+    "cut-s2p": lambda c: _cut(c, "s2p"),
+    "cut-primary-manager-etcd": lambda c: _cut_gate(c["p"]),
+    "cut-secondary-manager-etcd": lambda c: _cut_gate(c["s"]),
+    "isolate-primary-host": lambda c: _isolate(c, c["p"]),
+    "isolate-secondary-host": lambda c: _isolate(c, c["s"]),
     "stop-etcd": lambda c: (c["etcd"].stop(), c["etcd"].start)[1],
 }
 
 _summary = []
 
 
-def _alive(vm):
-    return vm.proc.poll() is None
-
-
-def _serving(vm):
-    """VM runs its guest and its output may leave: a primary in COLO
-    under a valid lease, or a side alone under a sole one.  A lapsed
-    lease does not count: such a side is fenced at its next packet, or
-    at the next exchange with a secondary that is gone.  (A paused
-    process counts as what it was: it is continued before this is
-    asked.)"""
-    if not _alive(vm):
-        return False
+def _serving(h):
+    """The QEMU the host's manager runs now runs the guest and its output
+    may leave: a primary in COLO under a valid lease, or a side alone
+    under a sole one.  A lapsed lease does not count: such a side is
+    fenced at its next packet, or at the next exchange with a secondary
+    that is gone.  (A paused process counts as what it was: it is
+    continued before this is asked.)"""
     try:
-        if vm.qmp("query-status")["status"] != "running":
+        if h.qmp("query-status")["status"] != "running":
             return False
-        st = colo_status(vm)
+        st = h.colo_status()
     except Exception:
         return False
     lease = st["x-lease"]
@@ -126,6 +140,32 @@ def _serving(vm):
         return True
     return (lease["state"] == "valid" and not lease["alone"] and
             st["mode"] == "primary")
+
+
+def _took_over_at(h):
+    """Wall time of the host's manager's take-over, or None."""
+    for line in h.manager.log().splitlines():
+        if "MS_WATCH -> MS_TOOK" in line:
+            ts = line.split()[0].rstrip("Z")
+            return datetime.datetime.fromisoformat(ts).replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+    return None
+
+
+@pytest.fixture
+def hosts(bed, workdir, etcd):
+    disk_a, disk_b = managed_disks(workdir)
+    pair = [ManagedHost(bed, workdir, etcd.url, name, peer, tap, disk,
+                        gated=True)
+            for name, peer, tap, disk in (("host-a", "host-b", "tap-p", disk_a),
+                                          ("host-b", "host-a", "tap-s", disk_b))]
+    try:
+        yield pair
+    finally:
+        for h in pair:
+            h.manager.close()
+        # The managers' QEMUs run in their own sessions: by their paths.
+        subprocess.run(["pkill", "-KILL", "-f", workdir], timeout=30)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,20 +182,26 @@ def summary():
         ts.sort()
         lines.append("  %s: take-over median %.2f s, worst %.2f s (%d)"
                      % (name, ts[len(ts) // 2], ts[-1], len(ts)))
+    rp = sorted(r["reprotected_after_heal_s"] for r in _summary)
+    lines.append("  protected again after the heal: median %.2f s, worst "
+                 "%.2f s" % (rp[len(rp) // 2], rp[-1]))
     print("\n" + "\n".join(lines))
 
 
 @pytest.mark.parametrize("index", range(ROUNDS))
-def test_nemesis(index, bed, vm_factory, workdir, counter, etcd, managers,
-                 results_dir):
+def test_nemesis(index, bed, workdir, counter, etcd, hosts, results_dir):
     rng = random.Random("%d-%d" % (SEED, index))
     name = rng.choice(sorted(NEMESES))
     instant = rng.uniform(*INSTANT_S)
     hold = rng.uniform(*HOLD_S)
-    disk, pvm, svm, mp, ms, client = managed_pair(bed, vm_factory, workdir,
-                                                  counter, etcd, managers)
-    ctx = {"bed": bed, "pvm": pvm, "svm": svm, "mp": mp, "ms": ms,
-           "etcd": etcd}
+    for h in hosts:
+        h.manager.start()
+    p, s = wait_until(lambda: pair_protected(etcd, hosts), REPROTECT_S,
+                      "the pair protected")
+    client = counter(interval=0.02, timeout=30, duration=600)
+    client.wait_replies(25, 120)
+    wait_writing(bed, 10)
+    ctx = {"bed": bed, "p": p, "s": s, "etcd": etcd}
     acked_disk_seq = int(query_guest(bed, "disk"))
     time.sleep(instant)  # a phase: a random instant
     t_wall = time.time()
@@ -167,31 +213,34 @@ def test_nemesis(index, bed, vm_factory, workdir, counter, etcd, managers,
     t_heal = time.monotonic()
 
     def settled():
-        serving = [vm for vm in (pvm, svm) if _serving(vm)]
+        serving = [h for h in hosts if _serving(h)]
         return len(serving) == 1 and serving
     try:
         survivor = wait_until(settled, SETTLE_S,
                               "exactly one side serving")[0]
     except AssertionError:
         raise AssertionError("round %d (%s, hold %.1f s): %s" % (
-            index, name, hold, [(vm.name, _alive(vm) and
-                                 colo_status(vm)) for vm in (pvm, svm)]))
+            index, name, hold, [(h.name, h.colo_status()) for h in hosts]))
     client.wait_replies(25, 60, after=time.monotonic())
-    took_over = survivor is svm
+    took_over = survivor is s
     takeover = None
     if took_over:
         # Handed over by its manager, holding etcd's key.
-        ev = svm.wait_event("COLO_EXIT", 1)
-        assert ev["data"] == {"mode": "secondary", "reason": "request"}
-        takeover = (ev["timestamp"]["seconds"] +
-                    ev["timestamp"]["microseconds"] / 1e6 - t_wall)
-        assert "MS_TOOK" in ms.log()
-        assert keys(etcd)[0] == "host-b"
+        t_took = _took_over_at(s)
+        assert t_took is not None, s.manager.log()
+        takeover = t_took - t_wall
+        assert keys(etcd)[0] == s.name
     else:
-        assert "MS_TOOK" not in ms.log()
-    # Still exactly one, a moment later (a phase: one renewal round).
+        assert _took_over_at(s) is None, s.manager.log()
+    pair = wait_until(lambda: pair_protected(etcd, hosts), REPROTECT_S,
+                      "the pair protected again")
+    reprotected = time.monotonic() - t_heal
+    assert pair[0] is survivor
+    # Still exactly one, a moment later (a phase: two renewal rounds).
     time.sleep(1)
-    assert [vm for vm in (pvm, svm) if _serving(vm)] == [survivor]
+    assert [h for h in hosts if _serving(h)] == [survivor]
+    client.wait_replies(25, 60, after=time.monotonic())
+    acked_end = int(query_guest(bed, "disk"))
     client.stop()
     log = CounterLog(client.out)
     assert_client_ok(log, int(query_guest(bed, "get")))
@@ -200,7 +249,7 @@ def test_nemesis(index, bed, vm_factory, workdir, counter, etcd, managers,
               "instant_s": round(instant, 3), "hold_s": round(hold, 3),
               "survivor": survivor.name,
               "takeover_s": takeover and round(takeover, 3),
-              "settled_after_heal_s": round(time.monotonic() - t_heal, 3),
+              "reprotected_after_heal_s": round(reprotected, 3),
               "longest_gap_s": round(gap, 3), "replies": log.count}
     _summary.append(result)
     with open(os.path.join(results_dir, "manager-nemesis-%d.json" % index),
@@ -208,11 +257,15 @@ def test_nemesis(index, bed, vm_factory, workdir, counter, etcd, managers,
         json.dump(result, f, indent=2)
     print("\nnemesis[%d]: %s" % (index, result))
     assert guest_stats(bed)["disk_errors"] == 0
-    if took_over:
-        survivor_disk_ok(bed, svm, disk, acked_disk_seq)
-    else:
-        if colo_status(pvm)["mode"] == "none":
-            disk.drop_replica(pvm)
-        final = poweroff(bed, pvm)
-        ok, report = disk.verify(disk.primary_image, final)
-        assert ok and final >= acked_disk_seq, report
+    # The survivor's disk holds every write the guest saw complete: the
+    # managers stopped first (a QEMU exiting under one is a failure).
+    for h in hosts:
+        h.manager.close()
+    final = int(query_guest(bed, "poweroff").split("disk_seq=")[1])
+    wait_until(lambda: survivor.colo_status() is None, 60,
+               "the survivor's QEMU to exit")
+    r = subprocess.run([colo_env.tool("colo-disk-verify"), survivor.disk,
+                        str(acked_end)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and final >= acked_end >= acked_disk_seq, \
+        r.stdout + r.stderr

@@ -456,6 +456,83 @@ static void launcher_announce(Launcher *l, Error **errp)
     }
 }
 
+/* Its QEMU is gone: start afresh (a new secondary, if the keys say so). */
+static void launcher_gone(Launcher *l)
+{
+    l->pid = 0;
+    l->role = LAUNCH_NONE;
+    l->announced = 0;
+    l->named = false;
+    arbitration_qemu_exited(l->a);
+}
+
+/*
+ * Why this host's QEMU can never serve again, or NULL:
+ *   - it fenced itself (a lapsed lease alone: for good);
+ *   - a secondary that left COLO without being handed over (a handed
+ *     over one holds a sole lease from before its failover): QEMU
+ *     refuses it a lease;
+ *   - a secondary in COLO that the pair left behind: the successor key
+ *     named this host and no longer does, while the primary key names
+ *     the peer: the primary went alone, and only a new secondary,
+ *     protected anew, will be named again.
+ */
+static const char *launcher_useless(Launcher *l, Error **errp)
+{
+    Arbitration *a = l->a;
+    g_autoptr(QDict) st = qmp_client_call(a->qmp, "query-colo-status", NULL,
+                                          errp);
+    g_autofree char *successor = NULL;
+    g_autofree char *primary = NULL;
+    QDict *lease;
+    const char *lease_state, *mode, *last;
+
+    if (!st) {
+        return NULL;
+    }
+    lease = qdict_get_qdict(st, "x-lease");
+    lease_state = lease ? qdict_get_try_str(lease, "state") : NULL;
+    mode = qdict_get_try_str(st, "mode");
+    last = qdict_get_try_str(st, "last-mode");
+    if (!g_strcmp0(lease_state, "fenced")) {
+        return "it fenced itself";
+    }
+    if (!g_strcmp0(mode, "none") && !g_strcmp0(last, "secondary") &&
+        !g_strcmp0(lease_state, "none")) {
+        return "a secondary that left COLO without being handed over";
+    }
+    if (g_strcmp0(mode, "secondary") || a->state != MS_WATCH ||
+        !etcd_get(a->etcd, a->key_successor, &successor, errp) ||
+        !etcd_get(a->etcd, a->key_primary, &primary, errp)) {
+        return NULL;
+    }
+    if (!g_strcmp0(successor, l->cfg->host)) {
+        l->named = true;
+    } else if (l->named && !g_strcmp0(primary, l->cfg->peer)) {
+        return "the primary went on alone: this secondary is no longer "
+               "its successor";
+    }
+    return NULL;
+}
+
+/* Stop a QEMU that can never serve again; the next round replaces it. */
+static void launcher_replace(Launcher *l, const char *why)
+{
+    int status;
+
+    info_report("QEMU (%s) can never serve again: %s; replacing it",
+                launch_role_name(l->role), why);
+    if (l->pid) {
+        kill(l->pid, SIGKILL);
+        waitpid(l->pid, &status, 0);
+    } else {
+        /* Adopted, not a child: asked to quit. */
+        g_autoptr(QDict) ret = qmp_client_call(l->a->qmp, "quit", NULL,
+                                               NULL);
+    }
+    launcher_gone(l);
+}
+
 void launcher_round(Launcher *l)
 {
     Error *err = NULL;
@@ -467,11 +544,18 @@ void launcher_round(Launcher *l)
     if (l->pid && waitpid(l->pid, &status, WNOHANG) == l->pid) {
         info_report("QEMU (pid %d, the %s) exited (status 0x%x)", l->pid,
                     launch_role_name(l->role), status);
-        l->pid = 0;
-        l->role = LAUNCH_NONE;
-        l->announced = 0;
-        arbitration_qemu_exited(l->a);
+        launcher_gone(l);
         return;
+    }
+    if (l->role != LAUNCH_NONE) {
+        const char *why = launcher_useless(l, &err);
+
+        if (why) {
+            launcher_replace(l, why);
+            return;
+        }
+        error_free(err);
+        err = NULL;
     }
     if (l->role == LAUNCH_NONE && !l->checked) {
         launcher_adopt(l);

@@ -34,6 +34,7 @@ typedef struct Launcher {
     int64_t announced;          /* the etcd lease the standby key is under */
     char *standby;              /* the standby key's value */
     char *waiting;              /* why no QEMU is started, reported once */
+    bool named;                 /* the successor key named this host */
 } Launcher;
 
 void launcher_init(Launcher *l, const ManagerConfig *cfg, Arbitration *a);
@@ -43,7 +44,9 @@ void launcher_cleanup(Launcher *l);
  * Once a round, before the arbitration's: reap an exited QEMU; with
  * none, boot the VM if it never was (the primary key and the booted key
  * free), or start a secondary beside a primary on the peer; announce a
- * waiting secondary in the standby key, and withdraw it once in COLO.
+ * waiting secondary in the standby key, and withdraw it once in COLO;
+ * replace a QEMU that can never serve again (fenced, or a secondary
+ * that the pair left behind) by a new secondary.
  * Only with a [qemu] group.
  */
 void launcher_round(Launcher *l);

@@ -69,11 +69,17 @@ QDict *protection_describe(const Protection *p)
     return d;
 }
 
+/*
+ * Block commands may wait for I/O to drain (a replica's NBD connection
+ * to a secondary that went away): they get a quarter of QEMU's lease,
+ * which a round so delayed still renews in time.
+ */
 static QObject *protect_qmp(Protection *p, const char *cmd, QDict *args,
                             Error **errp)
 {
     return qmp_client_execute(p->a->qmp, cmd, args,
-                              p->cfg->qmp_timeout_ms, errp);
+                              MAX(p->cfg->qmp_timeout_ms,
+                                  p->cfg->validity_ms / 4), errp);
 }
 
 static bool protect_do(Protection *p, const char *cmd, QDict *args,
@@ -228,6 +234,10 @@ static bool protect_start(Protection *p, Error **errp)
     if (!st || !qdict_get_try_bool(st, "running", false)) {
         return !*errp;          /* a VM not running is protected later */
     }
+    /* What an attempt whose commands timed out may have left. */
+    args = qdict_new();
+    qdict_put_str(args, "device", PROTECT_JOB);
+    protect_do(p, "block-job-cancel", args, NULL);
     if (!protect_drop_replica(p, errp)) {
         return false;
     }

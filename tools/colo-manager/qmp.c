@@ -21,6 +21,7 @@
 struct QmpClient {
     char *path;
     int64_t timeout_ms;
+    int64_t next_id;            /* every request's "id": answers matched */
     int fd;
     GString *in;                /* read, not yet a whole line */
 };
@@ -145,12 +146,21 @@ static QDict *qmp_read(QmpClient *c, int64_t deadline, Error **errp)
     }
 }
 
-/* Send @request (taken) and read its answer, skipping events. */
+/*
+ * Send @request (taken) and read its answer, skipping events and the
+ * answers to other requests.  The monitor keeps one queue for whoever is
+ * connected: a command whose client gave up on it (timed out, dropped
+ * the connection) is still run, and its answer goes to the next client.
+ * Hence an "id" on every request, and only the answer bearing it counts.
+ */
 static QDict *qmp_exchange(QmpClient *c, QDict *request, int64_t deadline,
                            Error **errp)
 {
-    g_autoptr(GString) json = qobject_to_json(QOBJECT(request));
+    int64_t id = ++c->next_id;
+    g_autoptr(GString) json = NULL;
 
+    qdict_put_int(request, "id", id);
+    json = qobject_to_json(QOBJECT(request));
     qobject_unref(request);
     g_string_append_c(json, '\n');
     if (!qmp_write(c, json->str, deadline, errp)) {
@@ -159,7 +169,11 @@ static QDict *qmp_exchange(QmpClient *c, QDict *request, int64_t deadline,
     for (;;) {
         QDict *answer = qmp_read(c, deadline, errp);
 
-        if (!answer || !qdict_haskey(answer, "event")) {
+        if (!answer) {
+            return NULL;
+        }
+        if (!qdict_haskey(answer, "event") &&
+            qdict_get_try_int(answer, "id", -1) == id) {
             return answer;
         }
         qobject_unref(answer);
