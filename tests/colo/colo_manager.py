@@ -12,6 +12,7 @@ host whose manager runs its QEMU too (a [qemu] group).
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -164,6 +165,15 @@ class ManagedHost:
         if "error" in r:
             raise RuntimeError("%s: %s: %s" % (self.name, cmd, r["error"]))
         return r["return"]
+
+    def wait_guest(self, timeout):
+        """The guest this host booted is up: its service is ready."""
+        from colo_pair import READY_RE, wait_until
+
+        def ready():
+            with open(self.serial) as f:
+                return re.search(READY_RE, f.read())
+        wait_until(ready, timeout, "%s's guest" % self.name)
 
     def colo_status(self):
         try:

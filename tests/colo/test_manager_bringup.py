@@ -23,7 +23,6 @@ results dir.
 
 import json
 import os
-import re
 import subprocess
 import time
 
@@ -31,7 +30,7 @@ import pytest
 
 import colo_env
 from colo_manager import ManagedHost, managed_disks, pair_protected
-from colo_pair import READY_RE, BOOT_TIMEOUT, query_guest, wait_until
+from colo_pair import BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
@@ -67,11 +66,7 @@ def test_bringup_failover_reprotect(bed, workdir, etcd, hosts, counter,
     result = {"bringup_s": round(time.monotonic() - t0, 3), "rounds": []}
     assert etcd.get("colo/vm0/booted")[0] == primary.name
     assert "the VM was never booted" in primary.manager.log()
-
-    def booted():
-        with open(primary.serial) as f:
-            return re.search(READY_RE, f.read())
-    wait_until(booted, BOOT_TIMEOUT, "the guest's service")
+    primary.wait_guest(BOOT_TIMEOUT)
     client = counter(interval=0.02, timeout=30, duration=900)
     client.wait_replies(25, 60)
     wait_writing(bed, 10)

@@ -37,7 +37,7 @@ import pytest
 
 import colo_env
 from colo_manager import TTL_S, ManagedHost, managed_disks, pair_protected
-from colo_pair import query_guest, wait_until
+from colo_pair import BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
@@ -198,6 +198,7 @@ def test_nemesis(index, bed, workdir, counter, etcd, hosts, results_dir):
         h.manager.start()
     p, s = wait_until(lambda: pair_protected(etcd, hosts), REPROTECT_S,
                       "the pair protected")
+    p.wait_guest(BOOT_TIMEOUT)      # it booted the guest
     client = counter(interval=0.02, timeout=30, duration=600)
     client.wait_replies(25, 120)
     wait_writing(bed, 10)

@@ -39,6 +39,15 @@
 #define PROTECT_MIGRATE_MAX_MS  (10 * 60 * 1000)
 /* The mirror's completion, with the VM stopped. */
 #define PROTECT_COMPLETE_MS     5000
+/*
+ * Connecting to the standby's export blocks QEMU's main loop (monitor
+ * included) for as long as the connection takes: against a host that
+ * drops packets, minutes, while QEMU serves alone under a lease it
+ * could not have renewed.  NBD's open-timeout bounds it (seconds).
+ */
+#define PROTECT_NBD_OPEN_S      1
+/* After a failed start, the standby is tried again this much later. */
+#define PROTECT_RETRY_MS        5000
 
 void protection_init(Protection *p, const ManagerConfig *cfg,
                      Arbitration *a)
@@ -105,6 +114,7 @@ static QDict *protect_nbd(QDict *standby)
     qdict_put_str(d, "driver", "nbd");
     qdict_put_str(d, "export", LAUNCH_EXPORT);
     qdict_put(d, "server", server);
+    qdict_put_int(d, "open-timeout", PROTECT_NBD_OPEN_S);
     return d;
 }
 
@@ -424,7 +434,11 @@ void protection_round(Protection *p)
     }
     switch (p->step) {
     case PROTECT_IDLE:
+        if (get_clock() / SCALE_MS < p->retry_ms) {
+            break;
+        }
         if (protect_allowed(p) && !protect_start(p, &err)) {
+            p->retry_ms = get_clock() / SCALE_MS + PROTECT_RETRY_MS;
             if (g_strcmp0(error_get_pretty(err), p->last_error)) {
                 warn_report("protecting: %s", error_get_pretty(err));
                 g_free(p->last_error);

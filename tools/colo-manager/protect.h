@@ -26,6 +26,7 @@ typedef struct Protection {
     char *failed;           /* the last one that failed: not tried again */
     char *last_error;       /* reported once */
     int64_t started_ms;     /* this attempt's start, monotonic */
+    int64_t retry_ms;       /* no new attempt before, monotonic */
     int64_t protected_count;
     int64_t last_protect_ms;    /* the last attempt's length */
 } Protection;
