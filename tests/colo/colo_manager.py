@@ -35,12 +35,16 @@ TTL_S = 5
 class ManagerProc:
     def __init__(self, workdir, host, peer, qmp_sock, etcd_url, vm="vm0",
                  validity_ms=VALIDITY_MS, renew_ms=RENEW_MS, ttl_s=TTL_S,
-                 gated=False, host_extra="", extra=""):
-        """HOST_EXTRA: more lines of [host]; EXTRA: more groups."""
+                 gated=False, host_extra="", extra="", wrap=None,
+                 gate_ns=None):
+        """HOST_EXTRA: more lines of [host]; EXTRA: more groups; WRAP(argv)
+        the command line that runs the manager (in a host's namespace);
+        GATE_NS the namespace on whose loopback its gate listens."""
+        self.wrap = wrap or (lambda argv: argv)
         self.host = host
         self.gate = None
         if gated:
-            self.gate = EtcdGate(int(etcd_url.rsplit(":", 1)[1]))
+            self.gate = EtcdGate(int(etcd_url.rsplit(":", 1)[1]), gate_ns)
             etcd_url = self.gate.url
         self.config = os.path.join(workdir, "manager-%s.conf" % host)
         self.log_path = os.path.join(workdir, "manager-%s.log" % host)
@@ -58,7 +62,8 @@ class ManagerProc:
 
     def start(self):
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([MANAGER_BIN, "run", self.config],
+        self.proc = subprocess.Popen(self.wrap([MANAGER_BIN, "run",
+                                                self.config]),
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
@@ -106,19 +111,25 @@ class ManagerProc:
 
 class ManagedHost:
     """A host of the pair: its manager, its QEMU (started by the manager)
-    and a monitor of the test's own on that QEMU."""
+    and a monitor of the test's own on that QEMU.  With HOST
+    (hostbed.HostNs), both run in the host's namespace, the replication
+    on its backbone address and its link to etcd a gate on its loopback;
+    else the QEMU runs in the bed's namespace (127.0.0.1) and the manager
+    beside the test."""
 
     def __init__(self, bed, workdir, etcd_url, name, peer, tap, disk,
-                 append="", **manager_kw):
+                 append="", host=None, **manager_kw):
         self.name = name
         self.bed = bed
+        self.host = host
+        net = host or bed
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.disk = disk
         self.tap = tap
         self.test_sock = os.path.join(self.dir, "test-qmp.sock")
         self.serial = os.path.join(self.dir, "serial.log")
-        bed.add_tap(tap)
+        net.add_tap(tap)
         kernel, initrd = colo_env.guest_images()
         append = ("console=ttyS0 quiet colo.ip=%s/24 colo.port=7777 "
                   "colo.disk=/dev/vda colo.disk_interval_ms=5 %s"
@@ -135,20 +146,23 @@ class ManagedHost:
                  "-chardev", "socket,id=test,path=%s,server=on,wait=off"
                  % self.test_sock, "-mon", "chardev=test,mode=control"])
         quote = subprocess.list2cmdline
-        migrate_port, nbd_port = bed.free_port(), bed.free_port()
+        migrate_port, nbd_port = net.free_port(), net.free_port()
         while nbd_port == migrate_port:
-            nbd_port = bed.free_port()
+            nbd_port = net.free_port()
         self.migrate_port, self.nbd_port = migrate_port, nbd_port
+        if host is not None:
+            manager_kw.update(wrap=host.wrap, gate_ns=host.ns, gated=True)
         self.manager = ManagerProc(
             workdir, name, peer, os.path.join(self.dir, "manager-qmp.sock"),
             etcd_url,
-            host_extra="address = 127.0.0.1\nmigrate-port = %d\n"
-                       "nbd-port = %d\n" % (migrate_port, nbd_port),
+            host_extra="address = %s\nmigrate-port = %d\n"
+                       "nbd-port = %d\n" % (getattr(net, "addr", "127.0.0.1"),
+                                            migrate_port, nbd_port),
             extra="\n[qemu]\nbinary = %s\nimg = %s\nwrapper = %s\n"
                   "args = %s\ndisk = %s\nworkdir = %s\n"
                   "checkpoint-delay-ms = 100\n"
                   % (colo_env.qemu_binary(), colo_env.tool("qemu-img"),
-                     quote(bed.wrap([])), quote(args), disk, self.dir),
+                     quote(net.wrap([])), quote(args), disk, self.dir),
             **manager_kw)
 
     def qmp(self, cmd, args=None, **kw):

@@ -3,7 +3,9 @@ link is: while cut, nothing moves either way (what was sent waits, as in
 a dropped link's retransmissions, and arrives after the heal unless its
 sender gave up), and new connections get no answer.
 
-    gate = EtcdGate(etcd.client_port)
+    gate = EtcdGate(etcd.client_port)       # listens on the test's loopback
+    gate = EtcdGate(etcd.client_port, ns)   # on namespace NS's loopback:
+                                            # a host's link to etcd
     ManagerProc(..., gate.url)
     gate.cut(); gate.heal(); gate.close()
 """
@@ -12,11 +14,13 @@ import select
 import socket
 import threading
 
+from hostbed import socket_in_ns
+
 
 class EtcdGate:
-    def __init__(self, target_port):
+    def __init__(self, target_port, ns=None):
         self.target = ("127.0.0.1", target_port)
-        self.listener = socket.socket()
+        self.listener = socket_in_ns(ns) if ns else socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)

@@ -15,9 +15,11 @@ of the disk), and nothing else typed.
                skips, and after the last failover the survivor's disk holds
                every write the guest saw complete.
 
-The QEMUs run in the bed's namespace (the [qemu] wrapper), their taps on
-its bridge; each has a second monitor for the test (the manager holds its
-own).  Take-over and re-protection times go to manager-bringup.json in the
+Each host is a network namespace of its own (hostbed.HostNs): its manager
+and the QEMU it runs (the [qemu] wrapper) inside, the replication on the
+hosts' backbone, the guest's tap on the host's LAN bridge, linked to the
+client's; each QEMU has a second monitor for the test (the manager holds
+its own).  Take-over and re-protection times go to manager-bringup.json in the
 results dir.
 """
 
@@ -32,6 +34,7 @@ import colo_env
 from colo_manager import ManagedHost, managed_disks, pair_protected
 from colo_pair import BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
+from hostbed import HostNs
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
 from test_manager import keys
@@ -43,17 +46,22 @@ PROTECT_TIMEOUT_S = 180
 @pytest.fixture
 def hosts(bed, workdir, etcd):
     disk_a, disk_b = managed_disks(workdir, DISK_MB)
-    pair = [ManagedHost(bed, workdir, etcd.url, "host-a", "host-b", "tap-p",
-                        disk_a),
-            ManagedHost(bed, workdir, etcd.url, "host-b", "host-a", "tap-s",
-                        disk_b)]
+    nets = []
+    pair = []
     try:
+        for n, (name, peer, disk) in enumerate((("host-a", "host-b", disk_a),
+                                                ("host-b", "host-a", disk_b)),
+                                               1):
+            nets.append(HostNs(bed, n))
+            pair.append(ManagedHost(bed, workdir, etcd.url, name, peer,
+                                    "tap-%s" % name[-1], disk,
+                                    host=nets[-1]))
         yield pair
     finally:
         for h in pair:
             h.manager.close()
-        # The managers' QEMUs run in their own sessions: by their paths.
-        subprocess.run(["pkill", "-KILL", "-f", workdir], timeout=30)
+        for net in nets:
+            net.close()         # what runs inside goes with it
 
 
 def test_bringup_failover_reprotect(bed, workdir, etcd, hosts, counter,

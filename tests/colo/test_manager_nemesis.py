@@ -1,13 +1,14 @@
 """Jepsen-style: a pair run by colo-manager alone (one `colo-manager run`
-per host with a [qemu] group, test_manager_bringup.py's bed), one nemesis
-per round drawn at random, at a random instant, held for a random time,
-then healed:
+per host with a [qemu] group), each host a network namespace of its own
+(test_manager_bringup.py's bed), one nemesis per round drawn at random,
+at a random instant, held for a random time, then healed:
 
   kill -9 or SIGSTOP of either QEMU and of either manager (a killed
   manager is restarted at the heal: it adopts its QEMU), the replication
-  link (migration and NBD) cut both ways or one way, a manager cut off
-  etcd, a host isolated (its manager cut off etcd, the link cut, its tap
-  down: clients cannot reach it either), etcd stopped.
+  (migration and NBD) cut both ways or one way by iptables in the
+  secondary host's namespace, a host cut off etcd, a host isolated (its
+  LAN and backbone links down, cut off etcd: clients cannot reach it
+  either), etcd stopped.
 
 Invariants, every round, on everything the client saw and on what is
 left: the client's counter never goes backwards nor skips, and the
@@ -39,10 +40,10 @@ import colo_env
 from colo_manager import TTL_S, ManagedHost, managed_disks, pair_protected
 from colo_pair import BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
+from hostbed import HostNs
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
 from test_manager import keys
-from test_silence import drop
 
 ROUNDS = int(os.environ.get("COLO_NEMESIS_ROUNDS", "10"))
 SEED = int(os.environ.get("COLO_NEMESIS_SEED", "13"))
@@ -69,11 +70,12 @@ def _pause(proc):
 
 
 def _cut(c, direction):
-    """The replication link: the secondary's migration and NBD ports."""
+    """The replication, at the secondary host: packets to its migration
+    and NBD ports (p2s), from them (s2p), or both."""
     s = c["s"]
-    heals = [drop(c["bed"], port, direction)
-             for port in (s.migrate_port, s.nbd_port)]
-    return lambda: [h() for h in heals]
+    return s.host.drop_ports((s.migrate_port, s.nbd_port),
+                             {"p2s": "in", "s2p": "out",
+                              "both": "both"}[direction])
 
 
 def _cut_gate(h):
@@ -81,15 +83,13 @@ def _cut_gate(h):
     return h.manager.gate.heal
 
 
-def _isolate(c, h):
-    heal_link = _cut(c, "both")
-    c["bed"].ip("link", "set", h.tap, "down")
+def _isolate(h):
+    h.host.links_down()
     h.manager.gate.cut()
 
     def heal():
         h.manager.gate.heal()
-        c["bed"].ip("link", "set", h.tap, "up")
-        heal_link()
+        h.host.links_up()
     return heal
 
 
@@ -114,8 +114,8 @@ NEMESES = {
     "cut-s2p": lambda c: _cut(c, "s2p"),
     "cut-primary-manager-etcd": lambda c: _cut_gate(c["p"]),
     "cut-secondary-manager-etcd": lambda c: _cut_gate(c["s"]),
-    "isolate-primary-host": lambda c: _isolate(c, c["p"]),
-    "isolate-secondary-host": lambda c: _isolate(c, c["s"]),
+    "isolate-primary-host": lambda c: _isolate(c["p"]),
+    "isolate-secondary-host": lambda c: _isolate(c["s"]),
     "stop-etcd": lambda c: (c["etcd"].stop(), c["etcd"].start)[1],
 }
 
@@ -155,17 +155,22 @@ def _took_over_at(h):
 @pytest.fixture
 def hosts(bed, workdir, etcd):
     disk_a, disk_b = managed_disks(workdir)
-    pair = [ManagedHost(bed, workdir, etcd.url, name, peer, tap, disk,
-                        gated=True)
-            for name, peer, tap, disk in (("host-a", "host-b", "tap-p", disk_a),
-                                          ("host-b", "host-a", "tap-s", disk_b))]
+    nets = []
+    pair = []
     try:
+        for n, (name, peer, disk) in enumerate((("host-a", "host-b", disk_a),
+                                                ("host-b", "host-a", disk_b)),
+                                               1):
+            nets.append(HostNs(bed, n))
+            pair.append(ManagedHost(bed, workdir, etcd.url, name, peer,
+                                    "tap-%s" % name[-1], disk,
+                                    host=nets[-1]))
         yield pair
     finally:
         for h in pair:
             h.manager.close()
-        # The managers' QEMUs run in their own sessions: by their paths.
-        subprocess.run(["pkill", "-KILL", "-f", workdir], timeout=30)
+        for net in nets:
+            net.close()         # what runs inside goes with it
 
 
 @pytest.fixture(scope="module", autouse=True)
