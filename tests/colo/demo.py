@@ -2,8 +2,9 @@
 """`make demo`: a COLO-protected test guest, run by colo-manager, shown
 working and failing over.
 
-An etcd member (on loopback) and, for each of two hosts, one command:
-`colo-manager run CONFIG`.  The first manager boots the test guest, the
+An etcd member (on loopback) and two hosts, each a network namespace of
+its own (its LAN and backbone links to the client's namespace, its link
+to etcd), and on each host one command: `colo-manager run CONFIG`.  The first manager boots the test guest, the
 other starts a secondary; the primary's copies the guest's disk to it,
 replicates it, and enters COLO, with nothing else typed.  A client counts
 through the guest's service every 20 ms while the pair's checkpoint
@@ -36,6 +37,7 @@ from colo_pair import (checkpoint_stopped, differing_pages,  # noqa: E402
                        query_guest, save_memory, standalone_bed, wait_until)
 from colo_manager import (ManagedHost, managed_disks,  # noqa: E402
                           pair_protected)
+from hostbed import HostNs  # noqa: E402
 from counter_client import CounterClient, CounterLog  # noqa: E402
 from etcd_member import EtcdMember  # noqa: E402
 
@@ -108,17 +110,21 @@ def run_demo(bed, workdir, seconds):
     client = None
     etcd = None
     hosts = []
+    nets = []
     try:
         etcd = EtcdMember(workdir)
         disks = managed_disks(workdir)
-        hosts = [ManagedHost(bed, workdir, etcd.url, "host-a", "host-b",
-                             "tap-p", disks[0], append="colo.dirty_mbps=5 "
-                             "colo.dirty_mb=64", renew_ms=500),
-                 ManagedHost(bed, workdir, etcd.url, "host-b", "host-a",
-                             "tap-s", disks[1], append="colo.dirty_mbps=5 "
-                             "colo.dirty_mb=64", renew_ms=500)]
-        print("demo: etcd at %s; on each host one command (namespace %s):"
-              % (etcd.url, bed.ns), flush=True)
+        for n, (name, peer) in enumerate((("host-a", "host-b"),
+                                          ("host-b", "host-a")), 1):
+            nets.append(HostNs(bed, n))
+            hosts.append(ManagedHost(bed, workdir, etcd.url, name, peer,
+                                     "tap-%s" % name[-1], disks[n - 1],
+                                     append="colo.dirty_mbps=5 "
+                                     "colo.dirty_mb=64", host=nets[-1]))
+        print("demo: etcd at %s; the client in namespace %s; %s" % (
+            etcd.url, bed.ns, ", ".join("%s in namespace %s (%s)" % (
+                h.name, h.host.ns, h.host.addr) for h in hosts)), flush=True)
+        print("demo: on each host one command:", flush=True)
         t0 = time.monotonic()
         for h in hosts:
             print("  colo-manager run %s" % h.manager.config, flush=True)
@@ -204,7 +210,8 @@ def run_demo(bed, workdir, seconds):
             client.stop(timeout=5)
         for h in hosts:
             h.manager.close()
-        subprocess.run(["pkill", "-KILL", "-f", workdir], timeout=30)
+        for net in nets:
+            net.close()
         if etcd is not None:
             etcd.close()
 
