@@ -70,8 +70,8 @@ class ManagerProc:
 
     def status(self, as_json=True):
         """colo-manager status: parsed with AS_JSON, else its text."""
-        out = subprocess.run([MANAGER_BIN, "status", self.config] +
-                             (["--json"] if as_json else []),
+        out = subprocess.run(self.wrap([MANAGER_BIN, "status", self.config] +
+                                       (["--json"] if as_json else [])),
                              capture_output=True, text=True, timeout=30)
         return json.loads(out.stdout) if as_json else out.stdout
 
