@@ -130,10 +130,14 @@ def _serving(h):
     that is gone.  (A paused process counts as what it was: it is
     continued before this is asked.)"""
     try:
-        if h.qmp("query-status")["status"] != "running":
-            return False
+        status = h.qmp("query-status")["status"]
         st = h.colo_status()
     except Exception:
+        return False
+    # A primary in COLO is in run state "colo" while a checkpoint stops it
+    # (the monitor may answer while the vCPUs are being paused).
+    if status != "running" and not (status == "colo" and
+                                    st["mode"] == "primary"):
         return False
     lease = st["x-lease"]
     if lease["state"] == "sole":
