@@ -251,3 +251,32 @@ def managers():
     yield procs
     for m in procs:
         m.close()
+
+
+@pytest.fixture
+def managed_hosts(bed, workdir, etcd):
+    """host-a and host-b of a pair that colo-manager runs (one
+    `colo-manager run` each, not started yet), each a network namespace
+    of its own (hostbed.HostNs), with a 64 MiB disk image each
+    (colo_manager.managed_disks()).  Managers stopped and namespaces,
+    with what runs inside, removed afterwards."""
+    from colo_manager import ManagedHost, managed_disks
+    from hostbed import HostNs
+    disks = managed_disks(workdir)
+    nets = []
+    pair = []
+    try:
+        for n, (name, peer) in enumerate((("host-a", "host-b"),
+                                          ("host-b", "host-a")), 1):
+            nets.append(HostNs(bed, n))
+            _live_beds.append(nets[-1])     # removed on a signal too
+            pair.append(ManagedHost(bed, workdir, etcd.url, name, peer,
+                                    "tap-%s" % name[-1], disks[n - 1],
+                                    host=nets[-1]))
+        yield pair
+    finally:
+        for h in pair:
+            h.manager.close()
+        for net in nets:
+            net.close()         # what runs inside goes with it
+            _live_beds.remove(net)

@@ -15,11 +15,12 @@ isolated by taking its two links down and cutting its gate; one-way cuts
 of the replication are iptables rules in the host's namespace, gone with
 it.
 
-    host = HostNs(bed, 1)                  # 10.78.0.1
+    host = HostNs(bed, 1)                  # 10.78.0.1; a NetBed itself
     host.add_tap("tap-a")                  # on br-lan
     host.popen([...]); host.wrap([...])    # run inside it
     host.links_down(); host.links_up()
-    host.close()                           # with bed.close() at the latest
+    host.close()                           # kills what runs inside and
+                                           # deletes it, veths included
 """
 
 import ctypes
@@ -28,7 +29,7 @@ import socket
 import threading
 
 import netbed
-from netbed import NS_PREFIX, _counter, _kill_ns_pids, _run
+from netbed import _run
 
 BACKBONE = "br1"
 BACKBONE_NET = "10.78.0.%d"
@@ -75,60 +76,30 @@ def add_backbone(bed):
     bed.ip("link", "set", BACKBONE, "up")
 
 
-class HostNs:
-    """Host number N (1..253) of BED: a namespace with its links."""
+class HostNs(netbed.NetBed):
+    """Host number N (1..253) of BED: a NetBed of its own whose bridge is
+    br-lan (no address), with its links to BED."""
 
     def __init__(self, bed, n, ageing_s=netbed.AGEING_S):
         self.bed = bed
         self.n = n
         self.addr = BACKBONE_NET % n
-        self.ns = "%s%d-%d" % (NS_PREFIX, os.getpid(), next(_counter))
-        self.taps = []
-        self.procs = []
-        self._created = False
+        super().__init__(ageing_s, bridge="br-lan", bridge_addr=None)
         try:
-            _run(["ip", "netns", "add", self.ns])
-            self._created = True
-            self.run(["sysctl", "-q", "-w",
-                      "net.ipv6.conf.all.disable_ipv6=1",
-                      "net.ipv6.conf.default.disable_ipv6=1"])
-            self.ip("link", "set", "lo", "up")
             add_backbone(bed)
-            self.ip("link", "add", "br-lan", "type", "bridge",
-                    "stp_state", "0", "forward_delay", "0",
-                    "ageing_time", str(int(ageing_s * 100)))
-            self.ip("link", "set", "br-lan", "up")
             # The veths' bed ends are named after the host: lanN, bbN.
-            for here, there, master in (("lan0", "lan%d" % n, netbed.BRIDGE),
+            for here, there, master in (("lan0", "lan%d" % n, bed.bridge),
                                         ("bb0", "bb%d" % n, BACKBONE)):
                 self.ip("link", "add", here, "type", "veth", "peer", "name",
                         there, "netns", bed.ns)
                 bed.ip("link", "set", there, "master", master)
                 bed.ip("link", "set", there, "up")
-            self.ip("link", "set", "lan0", "master", "br-lan")
+            self.ip("link", "set", "lan0", "master", self.bridge)
             self.ip("addr", "add", "%s/24" % self.addr, "dev", "bb0")
             self.links_up()
         except BaseException:
             self.close()
             raise
-
-    def ip(self, *args, check=True):
-        return _run(["ip", "-n", self.ns] + list(args), check=check)
-
-    def wrap(self, argv):
-        return ["ip", "netns", "exec", self.ns] + list(argv)
-
-    def run(self, argv, check=True, timeout=30):
-        return _run(self.wrap(argv), check=check, timeout=timeout)
-
-    def add_tap(self, name):
-        """Tap NAME on br-lan: the LAN of the QEMU this host runs."""
-        if name not in self.taps:
-            self.ip("tuntap", "add", name, "mode", "tap")
-            self.taps.append(name)
-            self.ip("link", "set", name, "master", "br-lan")
-            self.ip("link", "set", name, "up")
-        return name
 
     def free_port(self):
         """A TCP port free on this host's backbone address."""
@@ -167,15 +138,6 @@ class HostNs:
             for r in rules:
                 self.run(["iptables", "-D"] + r, check=False)
         return heal
-
-    def close(self):
-        """Kill what runs inside, delete the namespace (its taps, its
-        veths and their bed ends with it).  Idempotent."""
-        if not self._created:
-            return
-        _kill_ns_pids(self.ns)
-        _run(["ip", "netns", "del", self.ns], check=False)
-        self._created = False
 
     def __repr__(self):
         return "HostNs(%s, %s)" % (self.ns, self.addr)

@@ -110,10 +110,14 @@ def sweep_stale(log=print):
 
 
 class NetBed:
-    """One network namespace with bridge br0 (10.77.0.1/24) and taps."""
+    """One network namespace with bridge br0 (10.77.0.1/24) and taps.
+    BRIDGE and BRIDGE_ADDR (None: no address) name another bridge
+    (hostbed.HostNs)."""
 
-    def __init__(self, ageing_s=AGEING_S):
+    def __init__(self, ageing_s=AGEING_S, bridge=BRIDGE,
+                 bridge_addr=HOST_ADDR):
         self.ns = "%s%d-%d" % (NS_PREFIX, os.getpid(), next(_counter))
+        self.bridge = bridge
         self.taps = []
         self.procs = []
         self.closed = False
@@ -127,12 +131,13 @@ class NetBed:
                       "net.ipv6.conf.all.disable_ipv6=1",
                       "net.ipv6.conf.default.disable_ipv6=1"])
             self.ip("link", "set", "lo", "up")
-            self.ip("link", "add", BRIDGE, "type", "bridge",
+            self.ip("link", "add", bridge, "type", "bridge",
                     "stp_state", "0", "forward_delay", "0",
                     "ageing_time", str(int(ageing_s * 100)))
-            self.ip("addr", "add", "%s/%d" % (HOST_ADDR, PREFIXLEN),
-                    "dev", BRIDGE)
-            self.ip("link", "set", BRIDGE, "up")
+            if bridge_addr:
+                self.ip("addr", "add", "%s/%d" % (bridge_addr, PREFIXLEN),
+                        "dev", bridge)
+            self.ip("link", "set", bridge, "up")
         except BaseException:
             self.close()
             raise
@@ -167,20 +172,22 @@ class NetBed:
     # -- devices -----------------------------------------------------------
 
     def add_tap(self, name):
-        """Create persistent tap NAME, attach it to br0 and set it up."""
+        """Create persistent tap NAME, attach it to the bridge and set it
+        up."""
         if name in self.taps:
             return name
         if len(name) > 15:
             raise ValueError("interface name too long: %r" % name)
         self.ip("tuntap", "add", name, "mode", "tap")
         self.taps.append(name)
-        self.ip("link", "set", name, "master", BRIDGE)
+        self.ip("link", "set", name, "master", self.bridge)
         self.ip("link", "set", name, "up")
         return name
 
     def fdb(self):
         """The bridge's forwarding database (text), for diagnostics."""
-        return _run(["bridge", "-n", self.ns, "fdb", "show", "br", BRIDGE],
+        return _run(["bridge", "-n", self.ns, "fdb", "show", "br",
+                     self.bridge],
                     check=False).stdout
 
     def fdb_port(self, mac):

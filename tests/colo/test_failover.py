@@ -28,11 +28,11 @@ time.  After every failover:
                   survivor's disk holds every write seen complete before
                   the kill, intact, with no hole or torn block
   reprotect       after a failover the survivor is protected by a fresh
-                  secondary, and survives a second failover
-  reprotect_disk  the same with a replicated disk: the survivor's disk
-                  (a quorum over its replication node) is copied to the
-                  fresh secondary and replicated again; after the second
-                  failover the third side's disk holds every write
+                  secondary, and survives a second failover; [disk]: with
+                  a replicated disk, the survivor's (a quorum over its
+                  replication node) copied to the fresh secondary and
+                  replicated again, after the second failover the third
+                  side's disk holds every write
   wrong_state     failover commands where they make no sense
 
 Takeover time (kill to the first reply from the survivor) and the client's
@@ -364,8 +364,15 @@ def test_kill_at_random(run, bed, vm_factory, workdir, counter, results_dir):
         proxy.close()
 
 
-def test_reprotect(bed, vm_factory, workdir, counter, results_dir):
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100)
+@pytest.mark.parametrize("with_disk", [False, True], ids=["plain", "disk"])
+def test_reprotect(bed, vm_factory, workdir, counter, results_dir,
+                   with_disk):
+    """WITH_DISK: the survivor's disk (a quorum over its replication
+    node) is copied to the fresh secondary and replicated again."""
+    disk = ReplicatedDisk(workdir, reprotectable=True) if with_disk else None
+    append = disk.guest_append() if disk else ""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
+                             disk=disk, append=append)
     client = counter(interval=0.02, timeout=30, duration=600)
     client.wait_replies(30, 60)
     kill(pvm)
@@ -377,43 +384,14 @@ def test_reprotect(bed, vm_factory, workdir, counter, results_dir):
     svm.qmp("yank", {"instances": [{"type": "migration"}]})
 
     # A fresh secondary for the survivor (its x-colo is still set).
+    disk3 = ReplicatedDisk(workdir, subdir="disk3", reprotectable=True) \
+        if disk else None
     port = bed.free_port()
-    third = vm_factory("third", tap="tap-p", incoming="tcp:127.0.0.1:%d"
-                       % port)
-    third.qmp("migrate-set-capabilities", X_COLO)
-    svm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 100})
-    svm.qmp("migrate", uri="tcp:127.0.0.1:%d" % port)
-    wait_until(lambda: colo_status(svm)["mode"] == "primary", 300,
-               "the survivor to enter COLO as primary")
-    wait_until(lambda: checkpoints(third) >= 3, 60, "3 checkpoints")
-    client.wait_replies(30, 60, after=time.monotonic())
-
-    t_kill = time.monotonic()
-    kill(svm)
-    third.wait_event("COLO_EXIT", 30)
-    third.wait_status({"running"}, 30)
-    log = takeover(client, t_kill, results_dir, "reprotect")
-    assert_client_ok(log, int(query_guest(bed, "get")))
-
-
-def test_reprotect_disk(bed, vm_factory, workdir, counter, results_dir):
-    disk = ReplicatedDisk(workdir, reprotectable=True)
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=100,
-                             disk=disk, append=disk.guest_append())
-    client = counter(interval=0.02, timeout=30, duration=600)
-    client.wait_replies(30, 60)
-    kill(pvm)
-    svm.wait_event("COLO_EXIT", 30)
-    svm.wait_status({"running"}, 30)
-    client.wait_replies(30, 60, after=time.monotonic())
-    assert guest_stats(bed)["disk_errors"] == 0
-
-    disk3 = ReplicatedDisk(workdir, subdir="disk3", reprotectable=True)
-    port = bed.free_port()
-    third = vm_factory("third", tap="tap-p", append=disk.guest_append(),
+    third = vm_factory("third", tap="tap-p", append=append,
                        incoming="tcp:127.0.0.1:%d" % port,
-                       extra_args=disk3.secondary_args())
-    disk3.protect(svm, third)
+                       extra_args=disk3.secondary_args() if disk3 else ())
+    if disk3:
+        disk3.protect(svm, third)
     third.qmp("migrate-set-capabilities", X_COLO)
     svm.qmp("migrate-set-parameters", {"x-checkpoint-delay": 100})
     svm.qmp("migrate", uri="tcp:127.0.0.1:%d" % port)
@@ -421,16 +399,18 @@ def test_reprotect_disk(bed, vm_factory, workdir, counter, results_dir):
                "the survivor to enter COLO as primary")
     wait_until(lambda: checkpoints(third) >= 3, 60, "3 checkpoints")
     client.wait_replies(30, 60, after=time.monotonic())
-    acked_disk_seq = int(query_guest(bed, "disk"))
+    acked_disk_seq = int(query_guest(bed, "disk")) if disk else None
 
     t_kill = time.monotonic()
     kill(svm)
     third.wait_event("COLO_EXIT", 30)
     third.wait_status({"running"}, 30)
-    log = takeover(client, t_kill, results_dir, "reprotect-disk")
+    log = takeover(client, t_kill, results_dir,
+                   "reprotect-disk" if disk else "reprotect")
     assert_client_ok(log, int(query_guest(bed, "get")))
-    assert guest_stats(bed)["disk_errors"] == 0
-    survivor_disk_ok(bed, third, disk3, acked_disk_seq)
+    if disk:
+        assert guest_stats(bed)["disk_errors"] == 0
+        survivor_disk_ok(bed, third, disk3, acked_disk_seq)
 
 
 def test_wrong_state(bed, vm_factory, workdir):

@@ -28,44 +28,20 @@ import os
 import subprocess
 import time
 
-import pytest
-
 import colo_env
-from colo_manager import ManagedHost, managed_disks, pair_protected
+from colo_manager import pair_protected
 from colo_pair import BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
-from hostbed import HostNs
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
 from test_manager import keys
 
-DISK_MB = 64
 PROTECT_TIMEOUT_S = 180
 
 
-@pytest.fixture
-def hosts(bed, workdir, etcd):
-    disk_a, disk_b = managed_disks(workdir, DISK_MB)
-    nets = []
-    pair = []
-    try:
-        for n, (name, peer, disk) in enumerate((("host-a", "host-b", disk_a),
-                                                ("host-b", "host-a", disk_b)),
-                                               1):
-            nets.append(HostNs(bed, n))
-            pair.append(ManagedHost(bed, workdir, etcd.url, name, peer,
-                                    "tap-%s" % name[-1], disk,
-                                    host=nets[-1]))
-        yield pair
-    finally:
-        for h in pair:
-            h.manager.close()
-        for net in nets:
-            net.close()         # what runs inside goes with it
-
-
-def test_bringup_failover_reprotect(bed, workdir, etcd, hosts, counter,
-                                    results_dir):
+def test_bringup_failover_reprotect(bed, workdir, etcd, managed_hosts,
+                                    counter, results_dir):
+    hosts = managed_hosts
     t0 = time.monotonic()
     for h in hosts:
         h.manager.start()
@@ -88,8 +64,8 @@ def test_bringup_failover_reprotect(bed, workdir, etcd, hosts, counter,
         client.wait_replies(10, 60, after=t_kill)
         replies = CounterLog(client.out).replies_after(t_kill)
         takeover = replies[0][0] - t_kill
-        pair = wait_until(lambda: pair_protected(etcd, hosts), PROTECT_TIMEOUT_S,
-                          "the pair protected again")
+        pair = wait_until(lambda: pair_protected(etcd, hosts),
+                          PROTECT_TIMEOUT_S, "the pair protected again")
         assert pair == (secondary, primary)
         result["rounds"].append({
             "killed": primary.name,

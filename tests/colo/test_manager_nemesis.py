@@ -37,10 +37,9 @@ import time
 import pytest
 
 import colo_env
-from colo_manager import TTL_S, ManagedHost, managed_disks, pair_protected
+from colo_manager import TTL_S, pair_protected
 from colo_pair import BOOT_TIMEOUT, query_guest, wait_until
 from counter_client import CounterLog
-from hostbed import HostNs
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
 from test_manager import keys
@@ -156,27 +155,6 @@ def _took_over_at(h):
     return None
 
 
-@pytest.fixture
-def hosts(bed, workdir, etcd):
-    disk_a, disk_b = managed_disks(workdir)
-    nets = []
-    pair = []
-    try:
-        for n, (name, peer, disk) in enumerate((("host-a", "host-b", disk_a),
-                                                ("host-b", "host-a", disk_b)),
-                                               1):
-            nets.append(HostNs(bed, n))
-            pair.append(ManagedHost(bed, workdir, etcd.url, name, peer,
-                                    "tap-%s" % name[-1], disk,
-                                    host=nets[-1]))
-        yield pair
-    finally:
-        for h in pair:
-            h.manager.close()
-        for net in nets:
-            net.close()         # what runs inside goes with it
-
-
 @pytest.fixture(scope="module", autouse=True)
 def summary():
     yield
@@ -198,7 +176,9 @@ def summary():
 
 
 @pytest.mark.parametrize("index", range(ROUNDS))
-def test_nemesis(index, bed, workdir, counter, etcd, hosts, results_dir):
+def test_nemesis(index, bed, workdir, counter, etcd, managed_hosts,
+                 results_dir):
+    hosts = managed_hosts
     rng = random.Random("%d-%d" % (SEED, index))
     name = rng.choice(sorted(NEMESES))
     instant = rng.uniform(*INSTANT_S)

@@ -32,7 +32,6 @@ typedef struct ColoReading {
     int64_t clock_ms;           /* x-lease.clock-ms */
     bool alone;                 /* x-lease.alone */
     char lease_state[16];       /* x-lease.state */
-    bool running;               /* mode none: query-status's running */
     int64_t remaining_ms;       /* x-lease.remaining-ms */
     int64_t taken_ms;           /* when, on this host's monotonic clock */
 } ColoReading;
@@ -113,11 +112,12 @@ static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
                                           NULL, errp);
     QDict *lease;
 
+    /* No answer, no status: nothing acts on an old one. */
+    qobject_unref(a->colo);
+    a->colo = st ? qobject_ref(st) : NULL;
     if (!st) {
         return false;
     }
-    qobject_unref(a->colo);
-    a->colo = qobject_ref(st);
     lease = qdict_get_qdict(st, "x-lease");
     if (!lease || !qdict_get_try_bool(lease, "arbitrated", false)) {
         error_setg(errp, "QEMU's COLO is not arbitrated: set capability "
@@ -131,16 +131,6 @@ static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
     r->remaining_ms = qdict_get_try_int(lease, "remaining-ms", 0);
     r->taken_ms = get_clock() / SCALE_MS;
     r->alone = qdict_get_try_bool(lease, "alone", false);
-    r->running = false;
-    if (!strcmp(r->mode, "none")) {
-        g_autoptr(QDict) run = qmp_client_call(a->qmp, "query-status", NULL,
-                                               errp);
-
-        if (!run) {
-            return false;
-        }
-        r->running = qdict_get_try_bool(run, "running", false);
-    }
     return true;
 }
 
@@ -179,15 +169,11 @@ static bool arbitration_keepalive(Arbitration *a, Error **errp)
     return etcd_lease_grant(a->etcd, a->cfg->ttl_s, &a->lease, errp);
 }
 
-/* For status only: QEMU's state after this round's grant. */
+/* QEMU's state after this round's grant (status, launch.c, protect.c). */
 static void arbitration_refresh(Arbitration *a)
 {
-    QDict *st = qmp_client_call(a->qmp, "query-colo-status", NULL, NULL);
-
-    if (st) {
-        qobject_unref(a->colo);
-        a->colo = st;
-    }
+    qobject_unref(a->colo);
+    a->colo = qmp_client_call(a->qmp, "query-colo-status", NULL, NULL);
 }
 
 /*
@@ -226,8 +212,17 @@ static bool arbitration_join(Arbitration *a, const ColoReading *r,
         arbitration_set_state(a, MS_WATCH, "QEMU is the secondary");
         return true;
     }
-    if (!strcmp(r->mode, "none") && r->running) {
-        goto again;             /* unprotected, or a survivor: its key */
+    if (!strcmp(r->mode, "none")) {
+        g_autoptr(QDict) run = qmp_client_call(a->qmp, "query-status", NULL,
+                                               errp);
+
+        if (!run) {
+            return false;
+        }
+        if (qdict_get_try_bool(run, "running", false)) {
+            goto again;         /* unprotected, or a survivor: its key */
+        }
+        return true;            /* a secondary waiting for the migration */
     }
     if (strcmp(r->mode, "primary")) {
         return true;            /* not in COLO yet */
@@ -398,6 +393,7 @@ void arbitration_round(Arbitration *a)
     ColoReading r;
 
     if (a->state == MP_LOST) {
+        arbitration_refresh(a);     /* what status and the launcher see */
         return;
     }
     if (!arbitration_read(a, &r, &err)) {

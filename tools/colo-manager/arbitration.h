@@ -45,7 +45,8 @@ typedef struct Arbitration {
     char *key_booted;           /* names the host that first booted the VM */
     char *key_standby;          /* a secondary waiting to be protected */
     char *last_error;           /* the last round's, reported once */
-    QDict *colo;                /* QEMU's last query-colo-status */
+    QDict *colo;                /* QEMU's query-colo-status this round,
+                                   NULL when it did not answer */
 } Arbitration;
 
 void arbitration_init(Arbitration *a, const ManagerConfig *cfg,

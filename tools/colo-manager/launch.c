@@ -242,7 +242,7 @@ static bool launcher_qmp(Launcher *l, const char *cmd, QDict *args,
     return ret != NULL;
 }
 
-static bool launcher_set_cap(Launcher *l, const char *cap, Error **errp)
+QDict *launch_capability_args(const char *cap)
 {
     QDict *args = qdict_new();
     QList *caps = qlist_new();
@@ -252,7 +252,13 @@ static bool launcher_set_cap(Launcher *l, const char *cap, Error **errp)
     qdict_put_bool(c, "state", true);
     qlist_append(caps, c);
     qdict_put(args, "capabilities", caps);
-    return launcher_qmp(l, "migrate-set-capabilities", args, errp);
+    return args;
+}
+
+static bool launcher_set_cap(Launcher *l, const char *cap, Error **errp)
+{
+    return launcher_qmp(l, "migrate-set-capabilities",
+                        launch_capability_args(cap), errp);
 }
 
 /* Wait for the started QEMU's monitor, as long as the QEMU lives. */
@@ -369,8 +375,13 @@ static void launcher_decide(Launcher *l, Error **errp)
     g_autofree char *booted = NULL;
     g_autofree char *why = NULL;
 
-    if (!etcd_get(a->etcd, a->key_primary, &primary, errp) ||
-        !etcd_get(a->etcd, a->key_booted, &booted, errp)) {
+    /*
+     * The boot transaction writes both keys at once.  Read booted first:
+     * the primary key, read after it, is no older, so "booted, no
+     * primary" is never a boot this host raced with.
+     */
+    if (!etcd_get(a->etcd, a->key_booted, &booted, errp) ||
+        !etcd_get(a->etcd, a->key_primary, &primary, errp)) {
         return;
     }
     if (primary && !strcmp(primary, l->cfg->peer)) {
@@ -467,7 +478,8 @@ static void launcher_gone(Launcher *l)
 }
 
 /*
- * Why this host's QEMU can never serve again, or NULL:
+ * Why this host's QEMU can never serve again, or NULL, from the last
+ * round's reading:
  *   - it fenced itself (a lapsed lease alone: for good);
  *   - a secondary that left COLO without being handed over (a handed
  *     over one holds a sole lease from before its failover): QEMU
@@ -480,8 +492,7 @@ static void launcher_gone(Launcher *l)
 static const char *launcher_useless(Launcher *l, Error **errp)
 {
     Arbitration *a = l->a;
-    g_autoptr(QDict) st = qmp_client_call(a->qmp, "query-colo-status", NULL,
-                                          errp);
+    QDict *st = a->colo;            /* the last round's reading */
     g_autofree char *successor = NULL;
     g_autofree char *primary = NULL;
     QDict *lease;

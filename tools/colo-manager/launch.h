@@ -53,4 +53,7 @@ void launcher_round(Launcher *l);
 
 const char *launch_role_name(LaunchRole role);
 
+/* migrate-set-capabilities' arguments that set @cap. */
+QDict *launch_capability_args(const char *cap);
+
 #endif

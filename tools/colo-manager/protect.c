@@ -37,8 +37,6 @@
 #define PROTECT_JOB             "colo-copy"
 /* A migration into COLO that takes longer than this is given up. */
 #define PROTECT_MIGRATE_MAX_MS  (10 * 60 * 1000)
-/* The mirror's completion, with the VM stopped. */
-#define PROTECT_COMPLETE_MS     5000
 /*
  * Connecting to the standby's export blocks QEMU's main loop (monitor
  * included) for as long as the connection takes: against a host that
@@ -184,6 +182,15 @@ static bool protect_drop_replica(Protection *p, Error **errp)
     return true;
 }
 
+/* The copy job, ended whatever it is doing (a ready one completes). */
+static bool protect_cancel_job(Protection *p, Error **errp)
+{
+    QDict *args = qdict_new();
+
+    qdict_put_str(args, "device", PROTECT_JOB);
+    return protect_do(p, "block-job-cancel", args, errp);
+}
+
 static void protect_drop_target(Protection *p)
 {
     QDict *args = qdict_new();
@@ -195,11 +202,8 @@ static void protect_drop_target(Protection *p)
 /* The attempt is over: it failed, or QEMU no longer may be protected. */
 static void protect_abandon(Protection *p, const char *why)
 {
-    QDict *args = qdict_new();
-
     warn_report("protection by %s given up: %s", p->standby, why);
-    qdict_put_str(args, "device", PROTECT_JOB);
-    protect_do(p, "block-job-cancel", args, NULL);
+    protect_cancel_job(p, NULL);
     protect_drop_target(p);
     protect_drop_replica(p, NULL);
     g_free(p->failed);
@@ -245,9 +249,7 @@ static bool protect_start(Protection *p, Error **errp)
         return !*errp;          /* a VM not running is protected later */
     }
     /* What an attempt whose commands timed out may have left. */
-    args = qdict_new();
-    qdict_put_str(args, "device", PROTECT_JOB);
-    protect_do(p, "block-job-cancel", args, NULL);
+    protect_cancel_job(p, NULL);
     if (!protect_drop_replica(p, errp)) {
         return false;
     }
@@ -296,6 +298,17 @@ static QDict *protect_job(Protection *p, Error **errp)
 }
 
 /*
+ * The VM this manager stopped runs on, whatever else failed; a "cont"
+ * that timed out is tried again every round (protection_round()).
+ */
+static void protect_cont(Protection *p)
+{
+    if (p->stopped && protect_do(p, "cont", NULL, NULL)) {
+        p->stopped = false;
+    }
+}
+
+/*
  * COPYING, the copy ready: with the VM stopped, complete the mirror (a
  * ready mirror cancelled completes: the copy is exact), put the replica
  * in the quorum, start the migration.  The VM continues either way.
@@ -310,25 +323,28 @@ static bool protect_switch(Protection *p, Error **errp)
     g_autofree char *uri = g_strdup_printf(
         "tcp:%s:%" PRId64, qdict_get_try_str(standby, "address"),
         qdict_get_try_int(standby, "migrate-port", 0));
+    /*
+     * The completion waits for the copy's last writes to reach the
+     * standby.  The round waits with it, and QEMU (alone, under a sole
+     * lease) is renewed only after it: a quarter of the lease at most.
+     */
+    int64_t budget_ms = p->cfg->validity_ms / 4;
     int64_t deadline;
     QDict *args;
-    QList *caps;
-    QDict *cap;
     bool ok = false;
 
     if (!protect_do(p, "stop", NULL, errp)) {
         return false;
     }
-    args = qdict_new();
-    qdict_put_str(args, "device", PROTECT_JOB);
-    if (!protect_do(p, "block-job-cancel", args, errp)) {
+    p->stopped = true;
+    if (!protect_cancel_job(p, errp)) {
         goto cont;
     }
-    deadline = get_clock() / SCALE_MS + PROTECT_COMPLETE_MS;
+    deadline = get_clock() / SCALE_MS + budget_ms;
     while ((job = protect_job(p, errp))) {
         if (get_clock() / SCALE_MS > deadline) {
-            error_setg(errp, "the disk copy did not complete within %d ms",
-                       PROTECT_COMPLETE_MS);
+            error_setg(errp, "the disk copy did not complete within %"
+                       PRId64 " ms", budget_ms);
             goto cont;
         }
         qobject_unref(job);
@@ -349,17 +365,9 @@ static bool protect_switch(Protection *p, Error **errp)
     args = qdict_new();
     qdict_put_str(args, "parent", LAUNCH_DISK_NODE);
     qdict_put_str(args, "node", LAUNCH_REPLICA_NODE);
-    if (!protect_do(p, "x-blockdev-change", args, errp)) {
-        goto cont;
-    }
-    args = qdict_new();
-    caps = qlist_new();
-    cap = qdict_new();
-    qdict_put_str(cap, "capability", "x-colo");
-    qdict_put_bool(cap, "state", true);
-    qlist_append(caps, cap);
-    qdict_put(args, "capabilities", caps);
-    if (!protect_do(p, "migrate-set-capabilities", args, errp)) {
+    if (!protect_do(p, "x-blockdev-change", args, errp) ||
+        !protect_do(p, "migrate-set-capabilities",
+                    launch_capability_args("x-colo"), errp)) {
         goto cont;
     }
     args = qdict_new();
@@ -367,10 +375,7 @@ static bool protect_switch(Protection *p, Error **errp)
     ok = protect_do(p, "migrate", args, errp);
 
 cont:
-    /* Its own error aside, the VM must run on. */
-    if (!protect_do(p, "cont", NULL, ok ? errp : NULL) && ok) {
-        return false;
-    }
+    protect_cont(p);
     return ok;
 }
 
@@ -432,6 +437,14 @@ void protection_round(Protection *p)
     if (!p->cfg->qemu_binary) {
         return;
     }
+    if (p->a->state == M_JOIN || p->a->state == MS_WATCH) {
+        /* Not a primary's manager (its QEMU replaced, say): nothing left. */
+        g_clear_pointer(&p->standby, g_free);
+        p->step = PROTECT_IDLE;
+        p->stopped = false;
+        return;
+    }
+    protect_cont(p);
     switch (p->step) {
     case PROTECT_IDLE:
         if (get_clock() / SCALE_MS < p->retry_ms) {

@@ -27,6 +27,8 @@ typedef struct Protection {
     char *last_error;       /* reported once */
     int64_t started_ms;     /* this attempt's start, monotonic */
     int64_t retry_ms;       /* no new attempt before, monotonic */
+    bool stopped;           /* its VM stopped by this manager, for the
+                               switch to the replica, not yet continued */
     int64_t protected_count;
     int64_t last_protect_ms;    /* the last attempt's length */
 } Protection;
