@@ -9,6 +9,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-commands-migration.h"
 #include "qapi/qapi-events-migration.h"
+#include "qemu/lockable.h"
 #include "qemu/main-loop.h"
 #include "qemu/timer.h"
 #include "migration/colo.h"
@@ -21,16 +22,29 @@
 #include "lease.h"
 #include "trace.h"
 
+/*
+ * The lease is granted and read out-of-band, in the monitor's I/O thread
+ * (x-colo-lease-grant, x-query-colo-lease), and judged in the main loop:
+ * @lock guards it and the flags the grant reads.  What a grant starts
+ * in the main loop (the gate of output held alone) goes by @gate_bh.
+ */
 static struct {
+    QemuMutex lock;
     ColoLease lease;
-    QEMUTimer *timer;           /* the next warning or lapse */
     bool alone;                 /* serving alone: output goes by the lease */
     bool handed_over;           /* a secondary the arbiter handed over to */
+    QEMUTimer *timer;           /* the next warning or lapse */
+    QEMUBH *gate_bh;            /* judges held output after a grant */
     QEMUBH *stop_bh;            /* stops a fenced VM that was started */
     VMChangeStateEntry *vmstate;
 } fc = {
     .lease = { .latest_ms = INT64_MIN },
 };
+
+static void __attribute__((__constructor__)) colo_fencing_init(void)
+{
+    qemu_mutex_init(&fc.lock);
+}
 
 /*
  * A clock that counts a suspended host's sleep too: a lease must not
@@ -65,12 +79,8 @@ static void colo_fencing_vm_state(void *opaque, bool running, RunState state)
  * This side served alone without a valid lease: the arbiter may have
  * handed over already.  Nothing it held may go, and it never serves again.
  */
-static void colo_fencing_fence(void)
+static void colo_fencing_fenced(void)
 {
-    if (fc.lease.fenced) {
-        return;
-    }
-    colo_lease_fence(&fc.lease);
     trace_colo_fencing_fence();
     colo_output_gate_update();
     if (runstate_is_live(runstate_get())) {
@@ -85,10 +95,34 @@ static void colo_fencing_fence(void)
     qapi_event_send_x_colo_lease_lapsed(true);
 }
 
+static void colo_fencing_fence(void)
+{
+    bool fenced;
+
+    qemu_mutex_lock(&fc.lock);
+    fenced = fc.lease.fenced;
+    colo_lease_fence(&fc.lease);
+    qemu_mutex_unlock(&fc.lock);
+    if (!fenced) {
+        colo_fencing_fenced();
+    }
+}
+
 /* What output that no checkpoint covers becomes, asked at every packet. */
 static ColoOutputVerdict colo_fencing_judge(void)
 {
-    switch (colo_lease_gate(&fc.lease, colo_fencing_now())) {
+    ColoLeaseGate gate;
+    bool fenced;
+
+    qemu_mutex_lock(&fc.lock);
+    gate = colo_lease_gate(&fc.lease, colo_fencing_now());
+    fenced = fc.lease.fenced;
+    if (gate == COLO_LEASE_FENCE) {
+        /* No grant may come between the verdict and the fence. */
+        colo_lease_fence(&fc.lease);
+    }
+    qemu_mutex_unlock(&fc.lock);
+    switch (gate) {
     case COLO_LEASE_RELEASE:
         return COLO_OUTPUT_PASS;
     case COLO_LEASE_HOLD:
@@ -96,11 +130,14 @@ static ColoOutputVerdict colo_fencing_judge(void)
     case COLO_LEASE_FENCE:
         break;
     }
-    colo_fencing_fence();
+    if (!fenced) {
+        colo_fencing_fenced();
+    }
     return COLO_OUTPUT_DROP;
 }
 
-static void colo_fencing_arm(void)
+/* Lock held. */
+static void colo_fencing_arm_locked(void)
 {
     int64_t next = colo_lease_next_event_ms(&fc.lease);
 
@@ -116,18 +153,28 @@ static void colo_fencing_arm(void)
 static void colo_fencing_tick(void *opaque)
 {
     int64_t now = colo_fencing_now();
+    ColoLeaseEvent ev;
+    int64_t remaining;
+    bool alone, fenced;
 
-    switch (colo_lease_tick(&fc.lease, now)) {
+    qemu_mutex_lock(&fc.lock);
+    ev = colo_lease_tick(&fc.lease, now);
+    remaining = colo_lease_remaining_ms(&fc.lease, now);
+    alone = fc.alone;
+    fenced = fc.lease.fenced;
+    colo_fencing_arm_locked();
+    qemu_mutex_unlock(&fc.lock);
+
+    switch (ev) {
     case COLO_LEASE_EXPIRING:
-        trace_colo_fencing_expiring(colo_lease_remaining_ms(&fc.lease, now));
-        qapi_event_send_x_colo_lease_expiring(
-            colo_lease_remaining_ms(&fc.lease, now));
+        trace_colo_fencing_expiring(remaining);
+        qapi_event_send_x_colo_lease_expiring(remaining);
         break;
     case COLO_LEASE_LAPSED:
-        trace_colo_fencing_lapsed(fc.alone);
-        if (fc.alone) {
+        trace_colo_fencing_lapsed(alone);
+        if (alone) {
             colo_fencing_fence();
-        } else if (!fc.lease.fenced) {
+        } else if (!fenced) {
             /* Every release is covered: the pair goes on. */
             qapi_event_send_x_colo_lease_lapsed(false);
         }
@@ -135,12 +182,18 @@ static void colo_fencing_tick(void *opaque)
     case COLO_LEASE_QUIET:
         break;
     }
-    colo_fencing_arm();
+}
+
+static void colo_fencing_gate_bh(void *opaque)
+{
+    colo_output_gate_update();
 }
 
 bool colo_fencing_serve_alone(Error **errp)
 {
+    qemu_mutex_lock(&fc.lock);
     fc.alone = true;
+    qemu_mutex_unlock(&fc.lock);
     trace_colo_fencing_serve_alone();
     if (!colo_output_gate(colo_fencing_judge, errp)) {
         /* Output that cannot be gated must not go out at all. */
@@ -153,6 +206,8 @@ bool colo_fencing_serve_alone(Error **errp)
 
 bool colo_fencing_protected(Error **errp)
 {
+    QEMU_LOCK_GUARD(&fc.lock);
+
     if (fc.lease.fenced) {
         error_setg(errp, "COLO: this side is fenced, it cannot be protected "
                    "again");
@@ -176,11 +231,13 @@ bool colo_fencing_protected(Error **errp)
     return true;
 }
 
+/* Out-of-band: no BQL, nothing that waits on the main loop. */
 void qmp_x_colo_lease_grant(uint32_t validity_ms, int64_t clock_ms,
                             bool has_sole, bool sole, Error **errp)
 {
     bool stayed_down;
     bool handover;
+    bool alone;
 
     if (!migrate_colo_arbitrated()) {
         error_setg(errp, "A lease needs the migration capability "
@@ -197,26 +254,32 @@ void qmp_x_colo_lease_grant(uint32_t validity_ms, int64_t clock_ms,
             return;
         }
     }
-    /* A secondary handed over serves alone: its lease is sole. */
-    sole = handover || fc.handed_over || (has_sole && sole);
-    if (!colo_lease_grant(&fc.lease, colo_fencing_now(), clock_ms,
-                          validity_ms, sole, errp)) {
-        return;
+    WITH_QEMU_LOCK_GUARD(&fc.lock) {
+        /* A secondary handed over serves alone: its lease is sole. */
+        sole = handover || fc.handed_over || (has_sole && sole);
+        if (!colo_lease_grant(&fc.lease, colo_fencing_now(), clock_ms,
+                              validity_ms, sole, errp)) {
+            return;
+        }
+        if (!fc.timer) {
+            fc.timer = timer_new_ms(QEMU_CLOCK_REALTIME, colo_fencing_tick,
+                                    NULL);
+            fc.gate_bh = qemu_bh_new(colo_fencing_gate_bh, NULL);
+        }
+        colo_fencing_arm_locked();
+        fc.handed_over |= handover;
+        alone = fc.alone;
     }
     trace_colo_fencing_grant(validity_ms, sole, handover);
-    if (!fc.timer) {
-        fc.timer = timer_new_ms(QEMU_CLOCK_REALTIME, colo_fencing_tick, NULL);
-    }
-    colo_fencing_arm();
     if (handover) {
-        fc.handed_over = true;
         failover_request_active(errp);
-    } else if (fc.alone) {
-        colo_output_gate_update();
+    } else if (alone) {
+        qemu_bh_schedule(fc.gate_bh);
     }
 }
 
-COLOLease *colo_fencing_status(void)
+/* Lock held. */
+static COLOLease *colo_fencing_status_locked(void)
 {
     COLOLease *st = g_new0(COLOLease, 1);
     int64_t now = colo_fencing_now();
@@ -235,5 +298,18 @@ COLOLease *colo_fencing_status(void)
         st->state = fc.lease.sole ? COLO_LEASE_STATE_SOLE
                                   : COLO_LEASE_STATE_VALID;
     }
+    st->mode = get_colo_mode();
     return st;
+}
+
+COLOLease *colo_fencing_status(void)
+{
+    QEMU_LOCK_GUARD(&fc.lock);
+    return colo_fencing_status_locked();
+}
+
+/* Out-of-band, as x-colo-lease-grant. */
+COLOLease *qmp_x_query_colo_lease(Error **errp)
+{
+    return colo_fencing_status();
 }

@@ -6,7 +6,9 @@
  * lapse and when it lapsed, and gates the output of a side that serves
  * alone.  A side serving alone whose lease is not valid is fenced: its
  * VM is stopped (run state "colo", which "cont" refuses) and stays
- * stopped, and its held output is dropped.  All under the BQL.
+ * stopped, and its held output is dropped.  All under the BQL, but for
+ * x-colo-lease-grant and x-query-colo-lease, which may run out-of-band:
+ * the lease has a lock of its own.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -31,11 +31,12 @@ Timings go to lease-*.json in the results dir.
 import json
 import os
 import signal
+import socket
 import time
 
 import pytest
 
-from arbiter import Arbiter
+from arbiter import Arbiter, qmp_args
 from colo_disk import ReplicatedDisk
 from colo_pair import (colo_status, query_guest, start_arbitrated_pair,
                        wait_until)
@@ -268,3 +269,91 @@ def test_arbiter_down(bed, vm_factory, workdir, counter, results_dir):
     record(results_dir, "arbiter-down", {"fenced_after_kill_s":
                                          round(fenced_after, 3),
                                          "replies": log.count})
+
+
+class OobMonitor:
+    """A QMP monitor with out-of-band execution enabled: requests go out
+    without waiting, answers are matched by id."""
+
+    def __init__(self, path, timeout):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+        greeting = self._line()
+        assert "oob" in greeting["QMP"]["capabilities"], greeting
+        self.sock.sendall(b'{"execute": "qmp_capabilities", '
+                          b'"arguments": {"enable": ["oob"]}}\n')
+        assert "return" in self._line()
+        self.next_id = 0
+        self.answers = {}
+
+    def _line(self):
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("QMP closed")
+        return json.loads(line)
+
+    def send(self, name, args=None, oob=False):
+        self.next_id += 1
+        req = {"exec-oob" if oob else "execute": name, "id": self.next_id,
+               "arguments": args or {}}
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        return self.next_id
+
+    def answer(self, req_id):
+        """The answer to request REQ_ID; raises socket.timeout when none
+        comes within the timeout."""
+        while req_id not in self.answers:
+            r = self._line()
+            if "id" in r:
+                self.answers[r["id"]] = r
+        return self.answers.pop(req_id)
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+def test_renewed_out_of_band(vm_factory, workdir):
+    """The lease is read and renewed out-of-band while the main loop
+    waits: an in-band blockdev-add of an NBD node whose server accepts
+    and never speaks blocks the main loop (and in-band commands) until
+    the server goes; x-query-colo-lease and x-colo-lease-grant answer
+    meanwhile and the lease runs from the grant."""
+    mon_path = os.path.join(workdir, "oob.sock")
+    vm = vm_factory("oob", machine="none", extra_args=qmp_args(mon_path))
+    vm.qmp("migrate-set-capabilities", {"capabilities": [
+        {"capability": "x-colo", "state": True},
+        {"capability": "x-colo-arbitrated", "state": True}]})
+    mon = OobMonitor(mon_path, timeout=10)
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        mute.bind(os.path.join(workdir, "mute-nbd.sock"))
+        mute.listen(1)
+        blocked = mon.send("blockdev-add", {
+            "driver": "nbd", "node-name": "mute",
+            "server": {"type": "unix",
+                       "path": os.path.join(workdir, "mute-nbd.sock")}})
+        in_band = mon.send("query-status")
+        reading = mon.answer(mon.send("x-query-colo-lease", oob=True))
+        lease = reading["return"]
+        assert lease["state"] == "none" and lease["mode"] == "none", lease
+        grant = mon.answer(mon.send("x-colo-lease-grant", {
+            "validity-ms": 2000, "clock-ms": lease["clock-ms"]}, oob=True))
+        assert grant.get("return") == {}, grant
+        lease = mon.answer(mon.send("x-query-colo-lease",
+                                    oob=True))["return"]
+        assert lease["state"] == "valid", lease
+        assert 0 < lease["remaining-ms"] <= 2000
+        # All of it while the main loop waited: no in-band answer yet.
+        assert blocked not in mon.answers and in_band not in mon.answers
+        mute.close()
+        assert "error" in mon.answer(blocked)
+        assert mon.answer(in_band)["return"]["running"] is True
+        # In-band, the same lease.
+        st = colo_status(vm)["x-lease"]
+        assert st["state"] == "valid" and st["mode"] == "none", st
+    finally:
+        mute.close()
+        mon.close()
