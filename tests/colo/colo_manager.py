@@ -24,12 +24,14 @@ from vm import GUEST_IP, GUEST_MAC, QEMUMonitorProtocol
 MANAGER_BIN = os.environ.get("COLO_MANAGER") or os.path.join(
     BUILD_DIR, "qemu", "tools", "colo-manager", "colo-manager")
 
-# A primary waiting on a silent secondary may not answer its monitor for
-# about the silence timeout (2 s): QEMU's lease outlasts that, and etcd's
-# TTL QEMU's lease (colo-manager refuses a TTL that does not).
-VALIDITY_MS = 4000
-RENEW_MS = 500
-TTL_S = 5
+# colo-manager's defaults: QEMU's lease is read and renewed out-of-band,
+# whatever its main loop waits on; etcd's TTL outlasts it (colo-manager
+# refuses a TTL that does not), and 2 s is etcd's shortest by default.
+VALIDITY_MS = 1000
+RENEW_MS = 200
+TTL_S = 2
+ETCD_TIMEOUT_MS = 300
+QMP_TIMEOUT_MS = 200
 
 
 class ManagerProc:
@@ -54,11 +56,12 @@ class ManagerProc:
             f.write("[vm]\nname = %s\n\n"
                     "[host]\nname = %s\npeer = %s\nqmp = %s\n"
                     "state-file = %s\n%s\n"
-                    "[etcd]\nendpoints = %s\nttl = %d\ntimeout-ms = 1000\n\n"
+                    "[etcd]\nendpoints = %s\nttl = %d\ntimeout-ms = %d\n\n"
                     "[lease]\nvalidity-ms = %d\nrenew-ms = %d\n"
-                    "qmp-timeout-ms = 300\n%s"
+                    "qmp-timeout-ms = %d\n%s"
                     % (vm, host, peer, qmp_sock, self.state_file, host_extra,
-                       etcd_url, ttl_s, validity_ms, renew_ms, extra))
+                       etcd_url, ttl_s, ETCD_TIMEOUT_MS, validity_ms,
+                       renew_ms, QMP_TIMEOUT_MS, extra))
 
     def start(self):
         log = open(self.log_path, "a")

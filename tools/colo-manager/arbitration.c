@@ -2,16 +2,21 @@
  * colo-manager: who serves, decided through etcd
  *
  * Every round, in this order (the model's, tests/model/colo-manager.pml):
- *   1. a reading C of QEMU's lease clock (query-colo-status);
+ *   1. a reading C of QEMU's lease clock (x-query-colo-lease);
  *   2. then a keep-alive of this host's etcd lease, which etcd runs its
  *      TTL from when it handles it, after C;
  *   3. then, holding the primary key, a grant to QEMU of validity-ms
  *      from C: QEMU's lease lapses before etcd's can expire
  *      (manager_config_load() checks TTL against validity).
+ * Reading and grant run out-of-band: QEMU answers them even while its
+ * main loop waits (a checkpoint's stop waits for the guest's disk
+ * writes), so the lease need not outlast such waits.
  * No reading, no keep-alive: a QEMU that is dead or hung lets the key
  * go.  A keep-alive that finds the lease expired means the key is gone
- * for good (MP_LOST); so does a QEMU that fenced itself, whose manager
- * revokes its lease rather than keep the successor waiting.
+ * for good (MP_LOST).  So does a QEMU that fenced itself, or one that
+ * has not answered since its lease ran out by this manager's count:
+ * its manager revokes the etcd lease rather than keep the successor
+ * waiting for the TTL.
  *
  * Copyright (c) 2026 The COLO project authors
  *
@@ -108,23 +113,19 @@ static void arbitration_report(Arbitration *a, Error *err)
 
 static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
 {
-    g_autoptr(QDict) st = qmp_client_call(a->qmp, "query-colo-status",
-                                          NULL, errp);
-    QDict *lease;
+    g_autoptr(QDict) lease = qmp_client_call_oob(a->qmp,
+                                                 "x-query-colo-lease", NULL,
+                                                 errp);
 
-    /* No answer, no status: nothing acts on an old one. */
-    qobject_unref(a->colo);
-    a->colo = st ? qobject_ref(st) : NULL;
-    if (!st) {
+    if (!lease) {
         return false;
     }
-    lease = qdict_get_qdict(st, "x-lease");
-    if (!lease || !qdict_get_try_bool(lease, "arbitrated", false)) {
+    if (!qdict_get_try_bool(lease, "arbitrated", false)) {
         error_setg(errp, "QEMU's COLO is not arbitrated: set capability "
                    "x-colo-arbitrated before migrating");
         return false;
     }
-    pstrcpy(r->mode, sizeof(r->mode), qdict_get_try_str(st, "mode") ?: "");
+    pstrcpy(r->mode, sizeof(r->mode), qdict_get_try_str(lease, "mode") ?: "");
     pstrcpy(r->lease_state, sizeof(r->lease_state),
             qdict_get_try_str(lease, "state") ?: "");
     r->clock_ms = qdict_get_try_int(lease, "clock-ms", 0);
@@ -169,7 +170,10 @@ static bool arbitration_keepalive(Arbitration *a, Error **errp)
     return etcd_lease_grant(a->etcd, a->cfg->ttl_s, &a->lease, errp);
 }
 
-/* QEMU's state after this round's grant (status, launch.c, protect.c). */
+/*
+ * QEMU's state after this round's grant (status, launch.c, protect.c),
+ * in-band: none while QEMU's main loop is busy.
+ */
 static void arbitration_refresh(Arbitration *a)
 {
     qobject_unref(a->colo);
@@ -190,7 +194,9 @@ static bool arbitration_grant(Arbitration *a, const ColoReading *r,
     qdict_put_int(args, "validity-ms", a->cfg->validity_ms);
     qdict_put_int(args, "clock-ms", r->clock_ms);
     qdict_put_bool(args, "sole", a->sole && !arbitration_in_colo(r));
-    ret = qmp_client_call(a->qmp, "x-colo-lease-grant", args, errp);
+    /* Counted before it goes out: it may take effect unanswered. */
+    a->granted_from_ms = r->taken_ms;
+    ret = qmp_client_call_oob(a->qmp, "x-colo-lease-grant", args, errp);
     return ret != NULL;
 }
 
@@ -339,20 +345,40 @@ static bool arbitration_protected(Arbitration *a, Error **errp)
 }
 
 /*
- * MP_HOLD, its QEMU fenced (its lease lapsed while it served alone): its
- * VM is stopped for good and it takes no grant, so holding the key would
- * only keep the successor from taking over.  Let it go now.
+ * MP_HOLD, its QEMU fenced (its lease lapsed while it served alone: its
+ * VM is stopped for good and it takes no grant), or silent with every
+ * lease it was granted run out (arbitration_lapsed_unanswered()):
+ * holding the key would only keep the successor from taking over.  Let
+ * it go now.
  */
-static void arbitration_let_go(Arbitration *a)
+static void arbitration_let_go(Arbitration *a, const char *why)
 {
+    g_autofree char *what = g_strdup_printf("%s: letting the primary key "
+                                            "go", why);
     Error *err = NULL;
 
-    arbitration_set_state(a, MP_LOST, "QEMU fenced itself: letting the "
-                          "primary key go");
+    arbitration_set_state(a, MP_LOST, what);
     if (!etcd_lease_revoke(a->etcd, a->lease, &err)) {
         /* Then it expires: nothing renews it any more. */
         arbitration_report(a, err);
     }
+}
+
+/*
+ * MP_HOLD, its QEMU silent: has every lease granted to it run out, by
+ * this host's clock?  Each ran from a reading QEMU took before
+ * @granted_from_ms, drift allowed for as etcd's TTL allows for it
+ * (manager_config_load()).  Then QEMU releases nothing more that no
+ * checkpoint covers: should it wake alone, it fences itself.
+ */
+static bool arbitration_lapsed_unanswered(const Arbitration *a)
+{
+    int64_t now = get_clock() / SCALE_MS;
+
+    return a->state == MP_HOLD && a->granted_from_ms &&
+           now > a->granted_from_ms +
+                 a->cfg->validity_ms * (1 + MANAGER_CLOCK_RHO) +
+                 MANAGER_CLOCK_EPS_MS;
 }
 
 /*
@@ -390,18 +416,27 @@ static bool arbitration_take(Arbitration *a, const ColoReading *r,
 void arbitration_round(Arbitration *a)
 {
     Error *err = NULL;
+    bool answered = false;
     ColoReading r;
 
+    /* No answer, no status: nothing acts on an old one. */
+    qobject_unref(a->colo);
+    a->colo = NULL;
     if (a->state == MP_LOST) {
         arbitration_refresh(a);     /* what status and the launcher see */
         return;
     }
     if (!arbitration_read(a, &r, &err)) {
+        if (arbitration_lapsed_unanswered(a)) {
+            arbitration_let_go(a, "QEMU has not answered since its lease "
+                               "ran out");
+        }
         goto fail;
     }
+    answered = true;
     if (a->state == MP_HOLD && !strcmp(r.lease_state, "fenced")) {
-        arbitration_let_go(a);
-        return;
+        arbitration_let_go(a, "QEMU fenced itself");
+        goto out;
     }
     if (!arbitration_keepalive(a, &err)) {
         goto fail;
@@ -439,13 +474,17 @@ void arbitration_round(Arbitration *a)
     if (a->state == MS_TOOK) {
         arbitration_set_state(a, MP_HOLD, "handed over: QEMU serves alone");
     }
-    arbitration_refresh(a);
     g_clear_pointer(&a->last_error, g_free);
+out:
+    arbitration_refresh(a);
     return;
 
 fail:
     if (err) {
         arbitration_report(a, err);
+    }
+    if (answered) {
+        arbitration_refresh(a);
     }
 }
 

@@ -24,7 +24,8 @@ typedef enum ManagerState {
     MP_HOLD,
     /*
      * The key is gone: its etcd lease expired, or was revoked once its
-     * QEMU fenced itself.  Never grants again.
+     * QEMU fenced itself or left its lease to run out unanswered.  Never
+     * grants again.
      */
     MP_LOST,
     /* Beside a secondary: takes the key once it is free and its own. */
@@ -45,6 +46,7 @@ typedef struct Arbitration {
     char *key_booted;           /* names the host that first booted the VM */
     char *key_standby;          /* a secondary waiting to be protected */
     char *last_error;           /* the last round's, reported once */
+    int64_t granted_from_ms;    /* the last grant's reading, taken_ms */
     QDict *colo;                /* QEMU's query-colo-status this round,
                                    NULL when it did not answer */
 } Arbitration;

@@ -2,7 +2,11 @@
  * colo-manager: a QMP client of its host's QEMU
  *
  * QEMU's monitor writes one JSON object per line: the greeting, then
- * for each command its answer, with events in between.
+ * for each command its answer, with events in between.  With
+ * out-of-band execution (offered by a monitor on a socket), a command
+ * sent with "exec-oob" is run at once in the monitor's thread, even
+ * while QEMU's main loop waits: its answer may overtake those of the
+ * in-band commands before it.
  *
  * Copyright (c) 2026 The COLO project authors
  *
@@ -15,6 +19,8 @@
 #include "qapi/error.h"
 #include "qemu/timer.h"
 #include "qobject/qdict.h"
+#include "qobject/qlist.h"
+#include "qobject/qstring.h"
 #include "qobject/qjson.h"
 #include "qmp.h"
 
@@ -22,6 +28,8 @@ struct QmpClient {
     char *path;
     int64_t timeout_ms;
     int64_t next_id;            /* every request's "id": answers matched */
+    int64_t pending_id;         /* an in-band request still unanswered */
+    bool oob;                   /* out-of-band execution enabled */
     int fd;
     GString *in;                /* read, not yet a whole line */
 };
@@ -43,6 +51,8 @@ static void qmp_client_close(QmpClient *c)
         close(c->fd);
         c->fd = -1;
     }
+    c->pending_id = 0;
+    c->oob = false;
     g_string_truncate(c->in, 0);
 }
 
@@ -57,25 +67,27 @@ void qmp_client_free(QmpClient *c)
     g_free(c);
 }
 
-/* Wait for @events on the socket until @deadline (ms, monotonic). */
+/*
+ * Wait for @events on the socket until @deadline (ms, monotonic); a
+ * deadline passed still takes what is there already.
+ */
 static bool qmp_wait(QmpClient *c, short events, int64_t deadline,
                      Error **errp)
 {
     for (;;) {
         struct pollfd pfd = { .fd = c->fd, .events = events };
-        int64_t left = deadline - get_clock() / SCALE_MS;
-        int r;
+        int64_t left = MAX(deadline - get_clock() / SCALE_MS, 0);
+        int r = poll(&pfd, 1, left);
 
-        if (left <= 0) {
-            error_setg(errp, "QEMU's monitor %s did not answer within "
-                       "%" PRId64 " ms", c->path, c->timeout_ms);
-            return false;
-        }
-        r = poll(&pfd, 1, left);
         if (r > 0) {
             return true;
         }
-        if (r < 0 && errno != EINTR) {
+        if (r == 0) {
+            error_setg(errp, "QEMU's monitor %s did not answer in time",
+                       c->path);
+            return false;
+        }
+        if (errno != EINTR) {
             error_setg_errno(errp, errno, "poll");
             return false;
         }
@@ -127,6 +139,7 @@ static QDict *qmp_read(QmpClient *c, int64_t deadline, Error **errp)
                 qobject_unref(obj);
                 error_setg(errp, "QEMU's monitor %s sent something that is "
                            "not a JSON object", c->path);
+                qmp_client_close(c);
                 return NULL;
             }
             return dict;
@@ -140,6 +153,7 @@ static QDict *qmp_read(QmpClient *c, int64_t deadline, Error **errp)
         }
         if (n <= 0) {
             error_setg(errp, "QEMU's monitor %s closed", c->path);
+            qmp_client_close(c);
             return NULL;
         }
         g_string_append_len(c->in, buf, n);
@@ -147,37 +161,81 @@ static QDict *qmp_read(QmpClient *c, int64_t deadline, Error **errp)
 }
 
 /*
- * Send @request (taken) and read its answer, skipping events and the
- * answers to other requests.  The monitor keeps one queue for whoever is
- * connected: a command whose client gave up on it (timed out, dropped
- * the connection) is still run, and its answer goes to the next client.
- * Hence an "id" on every request, and only the answer bearing it counts.
+ * Read until the answer to request @id, skipping events and other
+ * answers; NULL when none came by @deadline.  The answer to the in-band
+ * request left pending is noted on the way.
  */
-static QDict *qmp_exchange(QmpClient *c, QDict *request, int64_t deadline,
-                           Error **errp)
+static QDict *qmp_answer(QmpClient *c, int64_t id, int64_t deadline,
+                         Error **errp)
+{
+    for (;;) {
+        QDict *answer = qmp_read(c, deadline, errp);
+        int64_t got;
+
+        if (!answer) {
+            return NULL;
+        }
+        got = qdict_haskey(answer, "event") ? -1 :
+              qdict_get_try_int(answer, "id", -1);
+        if (got > 0 && got == c->pending_id) {
+            c->pending_id = 0;
+        }
+        if (got == id) {
+            return answer;
+        }
+        qobject_unref(answer);
+    }
+}
+
+/*
+ * Send @request (taken) and read its answer.  Every request carries an
+ * "id", and only the answer bearing it counts: the monitor runs a
+ * command whose client gave up on it all the same, and answers it late.
+ *
+ * In-band commands run one at a time in QEMU's main loop, which may wait
+ * (on a disk, say) for seconds.  One left unanswered is pending: until
+ * its answer comes, another in-band command is not sent (it would only
+ * queue up behind it, and a full queue stops the monitor reading even
+ * out-of-band commands) but fails at once.  Out-of-band ones still go.
+ */
+static QDict *qmp_exchange(QmpClient *c, QDict *request, bool oob,
+                           int64_t deadline, Error **errp)
 {
     int64_t id = ++c->next_id;
     g_autoptr(GString) json = NULL;
+    QDict *answer;
 
+    if (!oob && c->pending_id) {
+        Error *busy = NULL;
+
+        /* Only what already came: no wait. */
+        qobject_unref(qmp_answer(c, c->pending_id, 0, &busy));
+        if (c->fd < 0) {
+            error_propagate(errp, busy);
+            qobject_unref(request);
+            return NULL;
+        }
+        error_free(busy);
+        if (c->pending_id) {
+            error_setg(errp, "QEMU's main loop has not yet answered an "
+                       "earlier command");
+            qobject_unref(request);
+            return NULL;
+        }
+    }
     qdict_put_int(request, "id", id);
     json = qobject_to_json(QOBJECT(request));
     qobject_unref(request);
     g_string_append_c(json, '\n');
     if (!qmp_write(c, json->str, deadline, errp)) {
+        qmp_client_close(c);
         return NULL;
     }
-    for (;;) {
-        QDict *answer = qmp_read(c, deadline, errp);
-
-        if (!answer) {
-            return NULL;
-        }
-        if (!qdict_haskey(answer, "event") &&
-            qdict_get_try_int(answer, "id", -1) == id) {
-            return answer;
-        }
-        qobject_unref(answer);
+    answer = qmp_answer(c, id, deadline, errp);
+    if (!answer && c->fd >= 0 && !oob) {
+        c->pending_id = id;
     }
+    return answer;
 }
 
 static bool qmp_connect(QmpClient *c, int64_t deadline, Error **errp)
@@ -186,6 +244,8 @@ static bool qmp_connect(QmpClient *c, int64_t deadline, Error **errp)
     g_autoptr(QDict) greeting = NULL;
     g_autoptr(QDict) answer = NULL;
     QDict *request;
+    QList *caps;
+    bool oob = false;
 
     if (strlen(c->path) >= sizeof(addr.sun_path)) {
         error_setg(errp, "QMP socket path too long: %s", c->path);
@@ -214,7 +274,23 @@ static bool qmp_connect(QmpClient *c, int64_t deadline, Error **errp)
     }
     request = qdict_new();
     qdict_put_str(request, "execute", "qmp_capabilities");
-    answer = qmp_exchange(c, request, deadline, errp);
+    /* Out-of-band when the monitor offers it (one on a socket does). */
+    caps = qdict_get_qlist(qdict_get_qdict(greeting, "QMP"), "capabilities");
+    for (const QListEntry *e = caps ? qlist_first(caps) : NULL; e;
+         e = qlist_next(e)) {
+        QString *cap = qobject_to(QString, qlist_entry_obj(e));
+
+        if (cap && !strcmp(qstring_get_str(cap), "oob")) {
+            QDict *args = qdict_new();
+            QList *enable = qlist_new();
+
+            qlist_append_str(enable, "oob");
+            qdict_put(args, "enable", enable);
+            qdict_put(request, "arguments", args);
+            oob = true;
+        }
+    }
+    answer = qmp_exchange(c, request, false, deadline, errp);
     if (!answer || !qdict_haskey(answer, "return")) {
         if (answer) {
             error_setg(errp, "QEMU's monitor %s refused qmp_capabilities",
@@ -223,11 +299,13 @@ static bool qmp_connect(QmpClient *c, int64_t deadline, Error **errp)
         qmp_client_close(c);
         return false;
     }
+    c->oob = oob;
     return true;
 }
 
-QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
-                            int64_t timeout_ms, Error **errp)
+static QObject *qmp_client_run(QmpClient *c, const char *command,
+                               QDict *args, bool oob, int64_t timeout_ms,
+                               Error **errp)
 {
     int64_t deadline = get_clock() / SCALE_MS + timeout_ms;
     g_autoptr(QDict) answer = NULL;
@@ -235,7 +313,6 @@ QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
     QDict *error;
     QObject *ret;
 
-    qdict_put_str(request, "execute", command);
     if (args) {
         qdict_put(request, "arguments", args);
     }
@@ -243,9 +320,11 @@ QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
         qobject_unref(request);
         return NULL;
     }
-    answer = qmp_exchange(c, request, deadline, errp);
+    oob &= c->oob;
+    qdict_put_str(request, oob ? "exec-oob" : "execute", command);
+    answer = qmp_exchange(c, request, oob, deadline, errp);
     if (!answer) {
-        qmp_client_close(c);
+        error_prepend(errp, "%s: ", command);
         return NULL;
     }
     error = qdict_get_qdict(answer, "error");
@@ -263,18 +342,33 @@ QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
     return qobject_ref(ret);
 }
 
-QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
-                       Error **errp)
+QObject *qmp_client_execute(QmpClient *c, const char *command, QDict *args,
+                            int64_t timeout_ms, Error **errp)
 {
-    QObject *ret = qmp_client_execute(c, command, args, c->timeout_ms, errp);
+    return qmp_client_run(c, command, args, false, timeout_ms, errp);
+}
+
+static QDict *qmp_client_dict(QObject *ret)
+{
     QDict *d = qobject_to(QDict, ret);
 
-    if (!ret) {
-        return NULL;
-    }
-    if (!d) {
+    if (ret && !d) {
         qobject_unref(ret);
         return qdict_new();
     }
     return d;
+}
+
+QDict *qmp_client_call(QmpClient *c, const char *command, QDict *args,
+                       Error **errp)
+{
+    return qmp_client_dict(qmp_client_run(c, command, args, false,
+                                          c->timeout_ms, errp));
+}
+
+QDict *qmp_client_call_oob(QmpClient *c, const char *command, QDict *args,
+                           Error **errp)
+{
+    return qmp_client_dict(qmp_client_run(c, command, args, true,
+                                          c->timeout_ms, errp));
 }
