@@ -410,6 +410,9 @@ static void protect_migrating(Protection *p)
     g_autoptr(QDict) mig = NULL;
     const char *status;
 
+    if (!a->colo) {
+        return;     /* QEMU's main loop is busy (the migration's end) */
+    }
     if (!g_strcmp0(qdict_get_try_str(a->colo, "mode"), "primary")) {
         p->last_protect_ms = get_clock() / SCALE_MS - p->started_ms;
         p->protected_count++;
