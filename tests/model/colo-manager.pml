@@ -33,7 +33,14 @@
  * primary key, and only then grants sole leases.  A reading that says
  * its QEMU fenced itself (for good: no grant takes any more) makes it
  * revoke its etcd lease, so that the key passes at once (MP_LOST); so
- * does a manager whose QEMU exited (its child, reaped: P_GONE for sure).
+ * does a manager whose QEMU exited (its child, reaped: P_GONE for sure),
+ * and one that counts every lease it granted run out (LAPSED_BY_COUNT;
+ * the code does it only while QEMU is silent, the model at any time).
+ * The code counts validity-ms and the TTL rule's margin from the reading
+ * of the last grant it sent; the model states what that count ensures,
+ * by the TTL rule's own argument: QEMU's lease lapsed, and every grant
+ * on its way ran out (its reading is V old on QEMU's clock).  Counting
+ * the states of the count itself costs more than 50 million states.
  *
  * The secondary's manager (MS_WATCH) asks etcd, at any time, to take the
  * primary key in a transaction: the key is gone (its lease expired) and
@@ -76,6 +83,9 @@
  *   SHORT_TTL           TTL = V + M - 1: drift (LEASE);
  *   REVOKE_ALONE        the manager revokes its etcd lease when its QEMU
  *                       serves alone, not only once it is fenced (LEASE);
+ *   REVOKE_EARLY        the manager counts its grants run out once
+ *                       QEMU's lease lapsed, forgetting a grant on its
+ *                       way (LEASE);
  *   PROTECT_WHILE_SOLE  (REPROTECT) the successor is named on any reading
  *                       in COLO, even under a sole lease granted just
  *                       before the migration (COVERED).
@@ -93,7 +103,7 @@
  * faults changes no verdict and takes 49 million states, seven minutes
  * and 5.6 GB.)
  *
- * model-mutants: NO_SUCCESSOR_CHECK SOLE_WITHOUT_TXN KEEPALIVE_FIRST SHORT_TTL REVOKE_ALONE
+ * model-mutants: NO_SUCCESSOR_CHECK SOLE_WITHOUT_TXN KEEPALIVE_FIRST SHORT_TTL REVOKE_ALONE REVOKE_EARLY
  * model-pan-flags: -E
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -212,6 +222,13 @@ bool ms_txn_out = false;
 #else
 #define MAY_PROTECT(not_sole) (not_sole && mp_state == MP_HOLD && mp_sole && \
                                !mp_txn_out)
+#endif
+
+/* Every lease the manager granted ran out, by its count. */
+#ifdef REVOKE_EARLY
+#define LAPSED_BY_COUNT (p_left == 0)           /* grants on their way */
+#else
+#define LAPSED_BY_COUNT (p_left == 0 && p_read_age >= V)
 #endif
 
 /* A grant whose lease ran out on its way, from C (QEMU refuses it). */
@@ -432,6 +449,11 @@ end:
     :: atomic { mp_state == MP_HOLD && p_state == P_GONE && nfull(mp2e) ->
         /* its QEMU exited: let the key go at once */
         mp_state = MP_LOST; mp2e ! REVOKE(false) }
+#ifndef KEEPALIVE_FIRST
+    :: atomic { mp_state == MP_HOLD && LAPSED_BY_COUNT && nfull(mp2e) ->
+        /* silent, every lease granted ran out: let the key go at once */
+        mp_state = MP_LOST; mp2e ! REVOKE(false) }
+#endif
     :: atomic { mp_state == MP_HOLD && mp_alone && !mp_sole && !mp_txn_out &&
                 nfull(mp2e) ->
         mp2e ! TXN_ALONE(false); mp_txn_out = true }
