@@ -12,7 +12,10 @@ at a random instant, held for a random time, then healed:
 
 Invariants, every round, on everything the client saw and on what is
 left: the client's counter never goes backwards nor skips, and the
-survivor stands behind every value the client saw; after the heal
+survivor stands behind every value the client saw; who answered, byte by
+byte, from a capture on each host's link (wire_capture.py): no two
+emissions of a stream position differ, and in stream order the old
+primary answered, then (after a take-over only) the survivor; after the heal
 exactly one QEMU runs the guest and may release its output, still so a
 moment later; a side that took over did so only through etcd's key; the
 pair is protected again, with no command, within REPROTECT_S of the
@@ -43,6 +46,7 @@ from counter_client import CounterLog
 from test_disk import guest_stats, wait_writing
 from test_failover import assert_client_ok
 from test_manager import keys
+from wire_capture import WireCapture
 
 ROUNDS = int(os.environ.get("COLO_NEMESIS_ROUNDS", "10"))
 SEED = int(os.environ.get("COLO_NEMESIS_SEED", "13"))
@@ -163,12 +167,17 @@ def summary():
     by = {}
     for r in _summary:
         if r.get("takeover_s") is not None:
-            by.setdefault(r["nemesis"], []).append(r["takeover_s"])
+            by.setdefault(r["nemesis"], []).append(
+                (r["takeover_s"], r.get("first_survivor_segment_s")))
     lines = ["nemesis rounds: %d" % len(_summary)]
-    for name, ts in sorted(by.items()):
-        ts.sort()
-        lines.append("  %s: take-over median %.2f s, worst %.2f s (%d)"
-                     % (name, ts[len(ts) // 2], ts[-1], len(ts)))
+    for name, pairs in sorted(by.items()):
+        ts = sorted(t for t, _ in pairs)
+        fs = sorted(f for _, f in pairs if f is not None)
+        lines.append("  %s: take-over median %.2f s, worst %.2f s (%d);"
+                     " first reply from the survivor median %s, worst %s"
+                     % (name, ts[len(ts) // 2], ts[-1], len(ts),
+                        "%.2f s" % fs[len(fs) // 2] if fs else "-",
+                        "%.2f s" % fs[-1] if fs else "-"))
     rp = sorted(r["reprotected_after_heal_s"] for r in _summary)
     lines.append("  protected again after the heal: median %.2f s, worst "
                  "%.2f s" % (rp[len(rp) // 2], rp[-1]))
@@ -193,6 +202,41 @@ def test_nemesis(index, bed, workdir, counter, etcd, managed_hosts,
     wait_writing(bed, 10)
     ctx = {"bed": bed, "p": p, "s": s, "etcd": etcd}
     acked_disk_seq = int(query_guest(bed, "disk"))
+    wire = WireCapture({h.name: h.host for h in hosts}).start()
+    try:
+        result = _round(index, name, instant, hold, hosts, p, s, bed, etcd,
+                        client, ctx, wire)
+    finally:
+        wire.stop()
+    survivor = p if result["survivor"] == p.name else s
+    _check_wire(wire, result, p, s)
+    result["acked_disk_seq"] = acked_disk_seq
+    _finish_round(index, result, hosts, survivor, bed, results_dir)
+
+
+def _check_wire(wire, result, p, s):
+    """Who answered, byte by byte, from the capture on each host's link:
+    no byte of any stream sent differently by two emissions, and the first
+    emitters in stream order are the old primary, then (after a take-over
+    only) the survivor: never back, never both at once."""
+    v = wire.verdict()
+    order = [p.name, s.name] if result["takeover_s"] is not None \
+        else [result["survivor"]]
+    for cport, st in v["streams"].items():
+        assert not st["conflicts"], (cport, st["conflicts"][:5])
+        hosts = [h for h, _ in st["runs"]]
+        assert hosts == [h for h in order if h in hosts], (cport, st["runs"])
+    result["segments_by_host"] = v["segments"]
+    if result["takeover_s"] is not None:
+        first = wire.first_from(s.name, result["t_fault"])
+        result["first_survivor_segment_s"] = first and round(
+            first - result["t_fault"], 3)
+
+
+def _round(index, name, instant, hold, hosts, p, s, bed, etcd, client, ctx,
+           wire):
+    """The fault, the heal and the checks up to the pair protected
+    again; the round's figures."""
     time.sleep(instant)  # a phase: a random instant
     t_wall = time.time()
     heal = NEMESES[name](ctx)
@@ -235,12 +279,19 @@ def test_nemesis(index, bed, workdir, counter, etcd, managed_hosts,
     log = CounterLog(client.out)
     assert_client_ok(log, int(query_guest(bed, "get")))
     gap, _, _, _ = log.longest_gap()
-    result = {"round": index, "seed": SEED, "nemesis": name,
-              "instant_s": round(instant, 3), "hold_s": round(hold, 3),
-              "survivor": survivor.name,
-              "takeover_s": takeover and round(takeover, 3),
-              "reprotected_after_heal_s": round(reprotected, 3),
-              "longest_gap_s": round(gap, 3), "replies": log.count}
+    return {"round": index, "seed": SEED, "nemesis": name,
+            "instant_s": round(instant, 3), "hold_s": round(hold, 3),
+            "survivor": survivor.name, "t_fault": t_wall,
+            "takeover_s": takeover and round(takeover, 3),
+            "reprotected_after_heal_s": round(reprotected, 3),
+            "longest_gap_s": round(gap, 3), "replies": log.count,
+            "acked_end": acked_end}
+
+
+def _finish_round(index, result, hosts, survivor, bed, results_dir):
+    """Record the round; check the survivor's disk."""
+    acked_disk_seq = result.pop("acked_disk_seq")
+    acked_end = result.pop("acked_end")
     _summary.append(result)
     with open(os.path.join(results_dir, "manager-nemesis-%d.json" % index),
               "w") as f:
