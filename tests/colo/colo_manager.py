@@ -26,10 +26,11 @@ MANAGER_BIN = os.environ.get("COLO_MANAGER") or os.path.join(
 
 # colo-manager's defaults: QEMU's lease is read and renewed out-of-band,
 # whatever its main loop waits on; etcd's TTL outlasts it (colo-manager
-# refuses a TTL that does not), and 2 s is etcd's shortest by default.
-VALIDITY_MS = 1000
-RENEW_MS = 200
-TTL_S = 2
+# refuses a TTL that does not).  A 1 s TTL takes the test's etcd with a
+# short election timeout (etcd_member.py).
+VALIDITY_MS = 900
+RENEW_MS = 180
+TTL_S = 1
 ETCD_TIMEOUT_MS = 300
 QMP_TIMEOUT_MS = 200
 

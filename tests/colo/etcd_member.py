@@ -25,6 +25,10 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 START_TIMEOUT = 30
 
 
+HEARTBEAT_MS = 50
+ELECTION_TIMEOUT_MS = 500
+
+
 def _free_ports(n):
     """N distinct free ports of 127.0.0.1 (held together while chosen)."""
     socks = [socket.socket() for _ in range(n)]
@@ -79,7 +83,11 @@ class EtcdMember:
                  "--advertise-client-urls", self.url,
                  "--listen-peer-urls", peer,
                  "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", "%s=%s" % (self.name, peer)],
+                 "--initial-cluster", "%s=%s" % (self.name, peer),
+                 # A 1 s lease TTL needs a shorter election timeout:
+                 # etcd's shortest TTL is 1.5 election timeouts.
+                 "--heartbeat-interval", str(HEARTBEAT_MS),
+                 "--election-timeout", str(ELECTION_TIMEOUT_MS)],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -139,10 +139,14 @@ bool manager_config_load(ManagerConfig *cfg, const char *path, Error **errp)
                                           cfg->vm);
     }
     cfg->etcd_endpoints = g_strsplit(endpoints, ";", -1);
-    if (!config_int(kf, "etcd", "ttl", 2, 1, 3600, &cfg->ttl_s, errp) ||
+    /*
+     * etcd raises a TTL below 1.5 election timeouts (rounded up to a
+     * second): 2 s with its default election timeout.  Longer is safe.
+     */
+    if (!config_int(kf, "etcd", "ttl", 1, 1, 3600, &cfg->ttl_s, errp) ||
         !config_int(kf, "etcd", "timeout-ms", 300, 10, 60000,
                     &cfg->etcd_timeout_ms, errp) ||
-        !config_int(kf, "lease", "validity-ms", 1000, 100, 3600000,
+        !config_int(kf, "lease", "validity-ms", 900, 100, 3600000,
                     &cfg->validity_ms, errp) ||
         !config_int(kf, "lease", "renew-ms", cfg->validity_ms / 5, 10,
                     3600000, &cfg->renew_ms, errp) ||
