@@ -133,6 +133,8 @@ def run_demo(bed, workdir, seconds):
         print("demo: 'colo-manager status' on %s:\n%s" % (pvm.name,
                                                         status(pvm)),
               flush=True)
+        # Protected before the guest finished booting: wait for its service.
+        pvm.wait_guest(120)
         client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
                                interval=0.02, timeout=30, duration=900)
         client.wait_replies(10, 120)
