@@ -131,12 +131,14 @@ def _serving(h):
     under a sole one.  A lapsed lease does not count: such a side is
     fenced at its next packet, or at the next exchange with a secondary
     that is gone.  (A paused process counts as what it was: it is
-    continued before this is asked.)"""
+    continued before this is asked.)  None: its QEMU did not answer."""
     try:
         status = h.qmp("query-status")["status"]
-        st = h.colo_status()
     except Exception:
-        return False
+        return None             # no QEMU, or its monitor did not answer
+    st = h.colo_status()
+    if st is None:
+        return None             # its main loop busy (a checkpoint, say)
     # A primary in COLO is in run state "colo" while a checkpoint stops it
     # (the monitor may answer while the vCPUs are being paused).
     if status != "running" and not (status == "colo" and
@@ -270,9 +272,15 @@ def _round(index, name, instant, hold, hosts, p, s, bed, etcd, client, ctx,
                       "the pair protected again")
     reprotected = time.monotonic() - t_heal
     assert pair[0] is survivor
-    # Still exactly one, a moment later (a phase: two renewal rounds).
+    # Still exactly one, a moment later (a phase: two renewal rounds),
+    # once every QEMU answered its monitor.
     time.sleep(1)
-    assert [h for h in hosts if _serving(h)] == [survivor]
+
+    def sample():
+        seen = [(h, _serving(h)) for h in hosts]
+        return [h for h, v in seen if v is None and h.qemu_pid()] == [] \
+            and ([h for h, v in seen if v],)
+    assert wait_until(sample, 10, "both QEMUs answering")[0] == [survivor]
     client.wait_replies(25, 60, after=time.monotonic())
     acked_end = int(query_guest(bed, "disk"))
     client.stop()

@@ -36,11 +36,11 @@
  * does a manager whose QEMU exited (its child, reaped: P_GONE for sure),
  * and one that counts every lease it granted run out (LAPSED_BY_COUNT;
  * the code does it only while QEMU is silent, the model at any time).
- * The code counts validity-ms and the TTL rule's margin from the reading
- * of the last grant it sent; the model states what that count ensures,
- * by the TTL rule's own argument: QEMU's lease lapsed, and every grant
- * on its way ran out (its reading is V old on QEMU's clock).  Counting
- * the states of the count itself costs more than 50 million states.
+ * The code counts validity-ms and the TTL rule's margin on its own clock
+ * from its last reading of QEMU's clock, which no grant's reading is
+ * newer than; by the TTL rule's argument, V has then passed on QEMU's
+ * clock since that reading (p_read_age >= V): QEMU's lease lapsed and
+ * every grant on its way ran out.
  *
  * The secondary's manager (MS_WATCH) asks etcd, at any time, to take the
  * primary key in a transaction: the key is gone (its lease expired) and
@@ -83,9 +83,8 @@
  *   SHORT_TTL           TTL = V + M - 1: drift (LEASE);
  *   REVOKE_ALONE        the manager revokes its etcd lease when its QEMU
  *                       serves alone, not only once it is fenced (LEASE);
- *   REVOKE_EARLY        the manager counts its grants run out once
- *                       QEMU's lease lapsed, forgetting a grant on its
- *                       way (LEASE);
+ *   REVOKE_EARLY        the manager's count one tick short, drift
+ *                       forgotten (LEASE);
  *   PROTECT_WHILE_SOLE  (REPROTECT) the successor is named on any reading
  *                       in COLO, even under a sole lease granted just
  *                       before the migration (COVERED).
@@ -172,7 +171,11 @@ byte p_left = 0;            /* lease left, on the primary's clock */
 bool p_sole = false;        /* the lease held is sole */
 #endif
 byte p_lag = W - 1;         /* ticks since the primary's clock fell behind */
+#ifdef REPROTECT
+byte p_read_age = 0;        /* its lease granted from a reading just taken */
+#else
 byte p_read_age = V;        /* its clock's ticks since its last reading */
+#endif
 
 #ifdef REPROTECT
 byte s_state = S_WAIT;
@@ -224,11 +227,11 @@ bool ms_txn_out = false;
                                !mp_txn_out)
 #endif
 
-/* Every lease the manager granted ran out, by its count. */
+/* V since the manager's last reading: every lease granted ran out. */
 #ifdef REVOKE_EARLY
-#define LAPSED_BY_COUNT (p_left == 0)           /* grants on their way */
+#define LAPSED_BY_COUNT (p_read_age >= V - 1)
 #else
-#define LAPSED_BY_COUNT (p_left == 0 && p_read_age >= V)
+#define LAPSED_BY_COUNT (p_read_age >= V)
 #endif
 
 /* A grant whose lease ran out on its way, from C (QEMU refuses it). */

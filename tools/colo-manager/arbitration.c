@@ -131,6 +131,7 @@ static bool arbitration_read(Arbitration *a, ColoReading *r, Error **errp)
     r->clock_ms = qdict_get_try_int(lease, "clock-ms", 0);
     r->remaining_ms = qdict_get_try_int(lease, "remaining-ms", 0);
     r->taken_ms = get_clock() / SCALE_MS;
+    a->read_ms = r->taken_ms;
     r->alone = qdict_get_try_bool(lease, "alone", false);
     return true;
 }
@@ -194,8 +195,6 @@ static bool arbitration_grant(Arbitration *a, const ColoReading *r,
     qdict_put_int(args, "validity-ms", a->cfg->validity_ms);
     qdict_put_int(args, "clock-ms", r->clock_ms);
     qdict_put_bool(args, "sole", a->sole && !arbitration_in_colo(r));
-    /* Counted before it goes out: it may take effect unanswered. */
-    a->granted_from_ms = r->taken_ms;
     ret = qmp_client_call_oob(a->qmp, "x-colo-lease-grant", args, errp);
     return ret != NULL;
 }
@@ -366,17 +365,18 @@ static void arbitration_let_go(Arbitration *a, const char *why)
 
 /*
  * MP_HOLD, its QEMU silent: has every lease granted to it run out, by
- * this host's clock?  Each ran from a reading QEMU took before
- * @granted_from_ms, drift allowed for as etcd's TTL allows for it
- * (manager_config_load()).  Then QEMU releases nothing more that no
- * checkpoint covers: should it wake alone, it fences itself.
+ * this host's clock?  Each ran from a reading QEMU took no later than
+ * the last one (@read_ms), drift allowed for as etcd's TTL allows
+ * for it (manager_config_load()).  Then QEMU releases
+ * nothing more that no checkpoint covers: should it wake alone, it
+ * fences itself.  (The model's LAPSED_BY_COUNT.)
  */
 static bool arbitration_lapsed_unanswered(const Arbitration *a)
 {
     int64_t now = get_clock() / SCALE_MS;
 
-    return a->state == MP_HOLD && a->granted_from_ms &&
-           now > a->granted_from_ms +
+    return a->state == MP_HOLD && a->read_ms &&
+           now > a->read_ms +
                  a->cfg->validity_ms * (1 + MANAGER_CLOCK_RHO) +
                  MANAGER_CLOCK_EPS_MS;
 }

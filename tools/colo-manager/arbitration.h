@@ -46,7 +46,8 @@ typedef struct Arbitration {
     char *key_booted;           /* names the host that first booted the VM */
     char *key_standby;          /* a secondary waiting to be protected */
     char *last_error;           /* the last round's, reported once */
-    int64_t granted_from_ms;    /* the last grant's reading, taken_ms */
+    int64_t read_ms;            /* the last reading's taken_ms: no
+                                   grant's reading is newer */
     QDict *colo;                /* QEMU's query-colo-status this round,
                                    NULL when it did not answer */
 } Arbitration;
