@@ -10,6 +10,13 @@
  * then release the output it covers: the secondary will load it even if
  * the primary dies now) and LOADED once the SVM stands at it.
  *
+ * Standing at a checkpoint means its RAM and disks: every checkpoint
+ * carries the whole device state, and the SVM does not run between
+ * checkpoints, so only the last device state matters, and only once the
+ * SVM is to run.  It is kept, and loaded into the devices at failover;
+ * one is loaded every COLO_DEVICE_LOAD_INTERVAL_US on the way, so that a
+ * device state that will not load is found while the primary serves.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
@@ -48,6 +55,9 @@ typedef struct ColoSecondary {
     ColoBuf msg;                /* the message being received */
     uint64_t checkpoint_max;    /* the longest checkpoint this VM can have */
     uint64_t loaded;            /* last checkpoint the SVM stands at */
+    ColoBuf devices;            /* its device state, if not loaded yet */
+    bool devices_pending;       /* devices stand behind c->loaded */
+    int64_t devices_loaded_us;  /* when the devices were last loaded */
     GByteArray *layout;         /* the RAM layout agreed at HELLO */
     bool shutdown;              /* the primary's guest shut down */
     bool unusable;              /* the SVM or its disks are inconsistent */
@@ -63,6 +73,14 @@ typedef struct ColoSecondary {
  * a broken stream exhaust this host's memory.
  */
 #define COLO_DEVICE_STATE_MAX (256 * MiB)
+
+/*
+ * The devices are loaded at most this long after the RAM they go with,
+ * unless a failover comes first.  Loading them costs about a millisecond
+ * (a machine reset and every device's state), which back-to-back
+ * checkpoints would pay hundreds of times a second for nothing.
+ */
+#define COLO_DEVICE_LOAD_INTERVAL_US (100 * 1000)
 
 static bool colo_secondary_load_devices(const uint8_t *buf, size_t len,
                                         Error **errp)
@@ -98,12 +116,48 @@ static bool colo_secondary_layout_unchanged(ColoSecondary *c, Error **errp)
     return true;
 }
 
+/*
+ * Bring the devices to the device state kept last (BQL held), with @ram,
+ * a checkpoint's RAM records (or NULL), flushed on the way.  Devices load
+ * their state into a freshly reset machine, as on any incoming migration:
+ * some set up memory mappings or timers on load that must not be set up
+ * twice.  Reset first, since it may rewrite ROM contents, then flush the
+ * RAM.
+ */
+static bool colo_secondary_load(ColoSecondary *c, const uint8_t *ram,
+                                uint64_t ram_len, ColoRamStats *ram_stats,
+                                uint64_t seq, Error **errp)
+{
+    int64_t t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    bool ok;
+
+    /*
+     * The reset unmaps what the load maps again (BARs, ROM aliases, the
+     * APIC's page): one memory transaction makes that one update of the
+     * address spaces instead of dozens, about a third of the load.
+     * Meanwhile accesses see the map of the last checkpoint, whose RAM is
+     * where this one's is.
+     */
+    memory_region_transaction_begin();
+    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    if (ram) {
+        colo_ram_cache_flush(ram, ram_len, ram_stats);
+    }
+    ok = colo_secondary_load_devices(c->devices.data, c->devices.len, errp);
+    memory_region_transaction_commit();
+    c->devices_pending = false;
+    c->devices_loaded_us = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    trace_colo_devices_loaded(seq, c->devices.len,
+                              c->devices_loaded_us - t_start);
+    return ok;
+}
+
 static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
                                       Error **errp)
 {
     ERRP_GUARD();
     const uint8_t *body = c->msg.data;
-    uint64_t len = c->msg.len, ram_len;
+    uint64_t len = c->msg.len, ram_len, dev_len;
     ColoRamStats ram_stats;
     Error *ack_err = NULL;
     int64_t t_start;
@@ -120,6 +174,12 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
         return false;
     }
     if (!colo_ram_cache_check(body + 8, ram_len, errp)) {
+        return false;
+    }
+    /* Room for its device state, before anything of it is applied. */
+    dev_len = len - 8 - ram_len;
+    if (dev_len > c->devices.size &&
+        !colo_buf_resize(&c->devices, dev_len, errp)) {
         return false;
     }
     /*
@@ -150,27 +210,17 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
 
     t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bql_lock();
-    /*
-     * Devices load their state into a freshly reset machine, as on any
-     * incoming migration: some set up memory mappings or timers on load
-     * that must not be set up twice.  Reset first, since it may rewrite
-     * ROM contents, then flush the RAM.
-     */
     ok = colo_secondary_layout_unchanged(c, errp);
     if (ok) {
-        /*
-         * The reset unmaps what the load maps again (BARs, ROM aliases,
-         * the APIC's page): one memory transaction makes that one update
-         * of the address spaces instead of dozens, about a third of the
-         * load.  Meanwhile accesses see the map of the last checkpoint,
-         * whose RAM is where this one's is.
-         */
-        memory_region_transaction_begin();
-        qemu_system_reset(SHUTDOWN_CAUSE_NONE);
-        colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
-        ok = colo_secondary_load_devices(body + 8 + ram_len,
-                                         len - 8 - ram_len, errp);
-        memory_region_transaction_commit();
+        colo_buf_resize(&c->devices, dev_len, &error_abort);
+        memcpy(c->devices.data, body + 8 + ram_len, dev_len);
+        c->devices_pending = true;
+        if (t_start - c->devices_loaded_us >= COLO_DEVICE_LOAD_INTERVAL_US) {
+            ok = colo_secondary_load(c, body + 8, ram_len, &ram_stats,
+                                     seq, errp);
+        } else {
+            colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
+        }
     }
     bql_unlock();
     if (!ok) {
@@ -321,6 +371,21 @@ static void *colo_secondary_thread(void *opaque)
         qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
         colo_secondary_read_last_word(c);
     }
+    if (c->devices_pending && !c->shutdown && !c->primary_alone &&
+        !c->unusable) {
+        /* This SVM may run from now on: its devices too at c->loaded. */
+        Error *load_err = NULL;
+
+        bql_lock();
+        if (!colo_secondary_load(c, NULL, 0, NULL, c->loaded, &load_err)) {
+            error_prepend(&load_err, "the SVM is inconsistent and will not "
+                          "run: ");
+            error_free(c->err);
+            c->err = load_err;
+            c->unusable = true;
+        }
+        bql_unlock();
+    }
     if (c->shutdown || c->primary_alone || c->unusable) {
         /* decided by the primary's word, or by this SVM's state */
     } else if (!colo_secondary_stream_ended(c)) {
@@ -399,6 +464,7 @@ void colo_secondary_run(MigrationIncomingState *mis)
     qemu_coroutine_yield();
     qemu_thread_join(&c.thread);
     colo_buf_free(&c.msg);
+    colo_buf_free(&c.devices);
 
     if (c.shutdown || c.unusable || c.primary_alone) {
         /*

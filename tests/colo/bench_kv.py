@@ -16,17 +16,23 @@ that machine noise hits all alike:
                   (colo-compare, filter-mirror, filter-redirector and
                   filter-rewriter as in its docs/COLO-FT.txt), periodic
                   checkpoint 1000 ms
+  ours-output-b   as ours-output, with the QEMU that --qemu-b names (a
+                  build to compare with, side by side)
 
 Every configuration uses the same NIC (virtio-net on a tap without vnet
 headers, which the base's proxy filters would otherwise need told).  Per
 row: requests/s, p50 and p99 latency (redis-benchmark's own figures), the
 ratio of the requests/s to the unprotected VM's of the same round,
-checkpoints per second and the share of time the primary VM was stopped
-(from its QMP STOP and RESUME events).  Each run is sized from a short
-probe to last about --seconds.
+checkpoints per second and the share of time the primary VM was stopped:
+ours from query-colo-status (checkpoints, mean pause) before and after,
+the base's from its QMP STOP and RESUME events.  Ours are not read from
+events: at hundreds of checkpoints a second, reading two events per
+checkpoint took a fifth of this machine's two cores from the VMs under
+test.  Each run is sized from a short probe to last about --seconds.
 
     sudo /usr/bin/python3 tests/colo/bench_kv.py [--rounds N]
-        [--seconds S] [--quick] [--out FILE]
+        [--seconds S] [--quick] [--configs A,B] [--qemu-b QEMU]
+        [--out FILE]
 """
 
 import argparse
@@ -42,7 +48,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import colo_env  # noqa: E402
-from colo_pair import READY_RE, standalone_bed, start_pair  # noqa: E402
+from colo_pair import (READY_RE, colo_status, standalone_bed,  # noqa: E402
+                       start_pair)
 from vm import GUEST_IP  # noqa: E402
 
 BASE_QEMU = os.path.join(colo_env.BUILD_DIR, "base-colo", "qemu",
@@ -70,6 +77,12 @@ def pauses_between(vm, t0, t1):
                 out.append((ts(ev) - stop) * 1000)
             stop = None
     return out
+
+
+def ours_pauses(vm):
+    """Ours: (checkpoints, total pause in ms) so far."""
+    st = colo_status(vm)["stats"]
+    return st["checkpoints"], st["checkpoints"] * st["pause-mean-us"] / 1000
 
 
 def redis_images():
@@ -169,7 +182,7 @@ def compare_mode_args(bed):
     return pri, sec
 
 
-def start_config(config, bed, make_vm, workdir):
+def start_config(config, bed, make_vm, workdir, qemu_b=None):
     """Start CONFIG; returns the VM whose pauses count (None: none)."""
     kernel, initrd = redis_images()
     append = "colo.redis=%d" % REDIS_PORT
@@ -188,31 +201,45 @@ def start_config(config, bed, make_vm, workdir):
 
     pvm, _, _ = start_pair(bed, make_vm, workdir, append=append,
                            delay_ms=100, vm_kw=vm_kw,
-                           output_delay_us=(1 if config == "ours-output"
-                                            else 0))
+                           qemu=(qemu_b if config == "ours-output-b"
+                                 else None),
+                           output_delay_us=(0 if config == "ours-periodic"
+                                            else 1))
     return pvm
 
 
-def measure(config, seconds):
+def measure(config, seconds, qemu_b=None):
     """Rows of CONFIG: one per (clients, test)."""
     rows = []
     with standalone_bed("colo-bench-kv-") as (bed, make_vm, workdir):
-        pvm = start_config(config, bed, make_vm, workdir)
+        pvm = start_config(config, bed, make_vm, workdir, qemu_b)
         wait_redis(bed)
-        watch = (pvm,) if pvm else ()
+        ours = config.startswith("ours")
+        # The base's events are read as they come (two a second); ours
+        # are left in QEMU's queue and not parsed at all.
+        watch = (pvm,) if pvm and not ours else ()
         for clients in CLIENTS:
             # A short probe sizes the run to about SECONDS per test.
             probe, _, _ = redis_benchmark(bed, clients, clients * 20, watch)
             rps = min(r["rps"] for r in probe.values())
             n = int(min(max(rps * seconds, clients * 20), 200000))
+            before = ours_pauses(pvm) if ours else None
             res, t0, t1 = redis_benchmark(bed, clients, n, watch)
-            p = pauses_between(pvm, t0, t1) if pvm else []
+            if ours:
+                after = ours_pauses(pvm)
+                count, stopped_ms = (after[0] - before[0],
+                                     after[1] - before[1])
+            elif pvm:
+                p = pauses_between(pvm, t0, t1)
+                count, stopped_ms = len(p), sum(p)
+            else:
+                count, stopped_ms = 0, 0
             for test, r in res.items():
                 rows.append(dict(r, config=config, clients=clients,
                                  test=test, requests=n,
-                                 checkpoints_per_s=round(len(p) / (t1 - t0),
+                                 checkpoints_per_s=round(count / (t1 - t0),
                                                          1),
-                                 stopped_share=round(sum(p) / 1000 /
+                                 stopped_share=round(stopped_ms / 1000 /
                                                      (t1 - t0), 4)))
         if pvm:
             st = pvm.qmp("query-migrate")["status"]
@@ -228,12 +255,22 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="one round, 3 s per run")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--qemu-b", default=None,
+                    help="another build's qemu-system-x86_64, run as "
+                    "ours-output-b right after ours-output")
     ap.add_argument("--out", default=os.path.join(colo_env.BUILD_DIR,
                                                   "results", "bench-kv.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench-kv: needs root (network namespaces and taps)")
     configs = args.configs.split(",")
+    if args.qemu_b:
+        if "ours-output-b" not in configs:
+            configs.insert(configs.index("ours-output") + 1
+                           if "ours-output" in configs else len(configs),
+                           "ours-output-b")
+    elif "ours-output-b" in configs:
+        sys.exit("bench-kv: ours-output-b needs --qemu-b")
     if "base-compare" in configs and not os.access(BASE_QEMU, os.X_OK):
         sys.exit("bench-kv: the base's COLO is not built (%s); run make "
                  "bench" % BASE_QEMU)
@@ -243,7 +280,7 @@ def main():
     rows = []
     for rnd in range(rounds):
         for config in configs:
-            for r in measure(config, seconds):
+            for r in measure(config, seconds, args.qemu_b):
                 r["round"] = rnd
                 rows.append(r)
                 print("round %d %-14s c=%-2d %-3s %9.1f req/s p50 %7.2f ms "
