@@ -316,9 +316,16 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_us,
         }
         wait_us = MIN(MIN(due, beat), p->precopy_due_us) - now;
         if (wait_us < 1000) {
-            /* Less than the semaphore's millisecond: sleep it out. */
-            g_usleep(wait_us);
-            continue;
+            if (due - now < 1000) {
+                /* Less than the semaphore's millisecond: sleep it out. */
+                g_usleep(due - now);
+                continue;
+            }
+            /*
+             * A heartbeat or pre-copy pass may come a little late; held
+             * output must not wait for it in an uninterruptible sleep.
+             */
+            wait_us = 1000;
         }
         /* x-checkpoint-delay is 32-bit unsigned: more than an int holds. */
         qemu_sem_timedwait(&colo_state.kick, MIN(wait_us / 1000, INT_MAX));

@@ -15,9 +15,14 @@
  *        6    2  flags (must be 0)
  *        8    8  seq: the checkpoint the message is about (0 if none)
  *       16    8  length of the payload that follows
- *       24    4  CRC-32 (zlib's) of the payload
- *       28    4  CRC-32 of bytes 0..27
+ *       24    4  reserved (must be 0)
+ *       28    4  CRC-32C of bytes 0..27
  *       32       payload
+ *   32+len    4  CRC-32C of the payload
+ *
+ * The payload's checksum follows it, so that a checkpoint leaves as it is
+ * summed and is summed as it arrives, rather than read whole once more on
+ * each side before its first byte moves or its RECEIVED can go.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -27,9 +32,10 @@
 
 #define COLO_MSG_MAGIC 0x434f4c4fu /* "COLO" */
 #define COLO_MSG_HEADER_SIZE 32
+#define COLO_MSG_TRAILER_SIZE 4
 
 /* Bumped on any incompatible change of the exchange or the formats. */
-#define COLO_PROTOCOL_VERSION 2
+#define COLO_PROTOCOL_VERSION 3
 
 typedef enum ColoMsgType {
     /* secondary -> primary: ready, with its RAM layout (ram.h) */
@@ -57,7 +63,6 @@ typedef struct ColoMsgHeader {
     ColoMsgType type;
     uint64_t seq;
     uint64_t length;
-    uint32_t payload_crc;
 } ColoMsgHeader;
 
 /* The largest payload a message of @type may carry. */
@@ -87,7 +92,7 @@ void colo_buf_free(ColoBuf *b);
 
 const char *colo_msg_name(ColoMsgType type);
 
-/* Encode @hdr into @buf; hdr->payload_crc must already be set. */
+/* Encode @hdr into @buf. */
 void colo_msg_header_encode(uint8_t buf[COLO_MSG_HEADER_SIZE],
                             const ColoMsgHeader *hdr);
 
@@ -98,8 +103,11 @@ void colo_msg_header_encode(uint8_t buf[COLO_MSG_HEADER_SIZE],
 bool colo_msg_header_decode(const uint8_t buf[COLO_MSG_HEADER_SIZE],
                             ColoMsgHeader *hdr, Error **errp);
 
-/* CRC-32 of a payload, as carried in the header. */
-uint32_t colo_msg_payload_crc(const void *data, size_t len);
+/*
+ * CRC-32C of @len bytes at @data, continued from @crc (the CRC of what
+ * came before, 0 for none): the payload's trailer.
+ */
+uint32_t colo_msg_crc(uint32_t crc, const void *data, size_t len);
 
 /* Channel I/O; each returns false with @errp set on any failure. */
 typedef struct QEMUFile QEMUFile;

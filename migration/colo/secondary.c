@@ -152,6 +152,27 @@ static bool colo_secondary_load(ColoSecondary *c, const uint8_t *ram,
     return ok;
 }
 
+/*
+ * Load the devices if they stand behind the RAM.  A device state that
+ * does not load leaves the SVM unusable: its RAM is a checkpoint ahead.
+ */
+static bool colo_secondary_load_pending(ColoSecondary *c, Error **errp)
+{
+    bool ok;
+
+    if (!c->devices_pending) {
+        return true;
+    }
+    bql_lock();
+    ok = colo_secondary_load(c, NULL, 0, NULL, c->loaded, errp);
+    bql_unlock();
+    if (!ok) {
+        error_prepend(errp, "the SVM is inconsistent and will not run: ");
+        c->unusable = true;
+    }
+    return ok;
+}
+
 static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
                                       Error **errp)
 {
@@ -344,7 +365,13 @@ static void *colo_secondary_thread(void *opaque)
                 running = false;
                 break;
             }
-            running = colo_msg_send_empty(c->to, COLO_MSG_HEARTBEAT,
+            /*
+             * The primary has nothing to send: the time to load devices
+             * that stand behind, so that an idle pair finds a device
+             * state that will not load within a heartbeat.
+             */
+            running = colo_secondary_load_pending(c, &c->err) &&
+                      colo_msg_send_empty(c->to, COLO_MSG_HEARTBEAT,
                                           c->loaded, &c->err);
             break;
         case COLO_MSG_SHUTDOWN:
@@ -371,20 +398,14 @@ static void *colo_secondary_thread(void *opaque)
         qemu_file_get_error(c->to) && !qemu_file_get_error(c->from)) {
         colo_secondary_read_last_word(c);
     }
-    if (c->devices_pending && !c->shutdown && !c->primary_alone &&
-        !c->unusable) {
+    if (!c->shutdown && !c->primary_alone && !c->unusable) {
         /* This SVM may run from now on: its devices too at c->loaded. */
         Error *load_err = NULL;
 
-        bql_lock();
-        if (!colo_secondary_load(c, NULL, 0, NULL, c->loaded, &load_err)) {
-            error_prepend(&load_err, "the SVM is inconsistent and will not "
-                          "run: ");
+        if (!colo_secondary_load_pending(c, &load_err)) {
             error_free(c->err);
             c->err = load_err;
-            c->unusable = true;
         }
-        bql_unlock();
     }
     if (c->shutdown || c->primary_alone || c->unusable) {
         /* decided by the primary's word, or by this SVM's state */

@@ -43,27 +43,49 @@ import struct
 import sys
 import termios
 import time
-import zlib
 
 COLO_MAGIC = b"COLO"
 COLO_HEADER = 32
+COLO_TRAILER = 4
 COLO_CHECKPOINT = 2
+
+
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), the checksum of COLO's headers and payloads."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
 
 
 def colo_header(buf):
     """(type, seq, length) of a valid COLO header at the start of BUF."""
     if len(buf) < COLO_HEADER or buf[:4] != COLO_MAGIC:
         return None
-    if zlib.crc32(buf[:28]) != struct.unpack(">I", buf[28:32])[0]:
+    if crc32c(buf[:28]) != struct.unpack(">I", buf[28:32])[0]:
         return None
     mtype, _, seq, length = struct.unpack(">HHQQ", buf[4:24])
     return mtype, seq, length
 
 
 def colo_message(mtype, seq, payload):
-    head = COLO_MAGIC + struct.pack(">HHQQI", mtype, 0, seq, len(payload),
-                                    zlib.crc32(payload))
-    return head + struct.pack(">I", zlib.crc32(head)) + payload
+    """A whole message: header, payload, and the payload's checksum."""
+    head = COLO_MAGIC + struct.pack(">HHQQI", mtype, 0, seq, len(payload), 0)
+    return (head + struct.pack(">I", crc32c(head)) + payload +
+            struct.pack(">I", crc32c(payload)))
 
 
 def pass_leading_messages(held, dst):
@@ -73,10 +95,9 @@ def pass_leading_messages(held, dst):
     sent = 0
     while True:
         h = colo_header(held[:COLO_HEADER])
-        if not h or h[0] == COLO_CHECKPOINT or \
-                len(held) < COLO_HEADER + h[2]:
+        n = COLO_HEADER + h[2] + COLO_TRAILER if h else 0
+        if not h or h[0] == COLO_CHECKPOINT or len(held) < n:
             return held, sent
-        n = COLO_HEADER + h[2]
         dst.sendall(held[:n])
         held = held[n:]
         sent += n
@@ -208,7 +229,7 @@ def on_checkpoint(armed, held, src, dst):
     if at is None:
         return None
     _, seq, length = colo_header(held[at:at + COLO_HEADER])
-    end = at + COLO_HEADER + length
+    end = at + COLO_HEADER + length + COLO_TRAILER
     if len(held) < end:
         return None
     if cmd == "forge":

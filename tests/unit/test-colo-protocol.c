@@ -15,8 +15,8 @@
 #include "qemu/osdep.h"
 #include <check.h>
 #include "check-run.h"
-#include <zlib.h>
 #include "qemu/bswap.h"
+#include "qemu/crc32c.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "migration/qemu-file.h"
@@ -86,6 +86,12 @@ static void pipe_free(QEMUFile *f)
 }
 
 void qemu_put_buffer(QEMUFile *f, const uint8_t *buf, size_t size)
+{
+    g_byte_array_append(f->data, buf, size);
+}
+
+void qemu_put_buffer_async(QEMUFile *f, const uint8_t *buf, size_t size,
+                           bool may_free)
 {
     g_byte_array_append(f->data, buf, size);
 }
@@ -174,7 +180,8 @@ START_TEST(test_round_trip)
 
     send_checkpoint(f, 7, 10000);
     ck_assert(colo_msg_send_empty(f, COLO_MSG_RECEIVED, 7, &error_abort));
-    ck_assert_uint_eq(f->data->len, 2 * COLO_MSG_HEADER_SIZE + 10000);
+    ck_assert_uint_eq(f->data->len, 2 * (COLO_MSG_HEADER_SIZE +
+                                        COLO_MSG_TRAILER_SIZE) + 10000);
 
     ck_assert(colo_msg_recv(f, &hdr, payload, UINT64_MAX, &error_abort));
     ck_assert_int_eq(hdr.type, COLO_MSG_CHECKPOINT);
@@ -185,6 +192,29 @@ START_TEST(test_round_trip)
                               &error_abort));
     ck_assert_uint_eq(payload->len, 0);
     pipe_free(f);
+}
+END_TEST
+
+/*
+ * The trailer's checksum is CRC-32C, the same value whichever way the
+ * host computes it, and continued across parts.
+ */
+START_TEST(test_crc32c)
+{
+    static const char check[] = "123456789";
+    g_autofree uint8_t *data = g_malloc(100003);
+
+    /* The standard check value of CRC-32C. */
+    ck_assert_uint_eq(colo_msg_crc(0, check, 9), 0xe3069283);
+    for (size_t i = 0; i < 100003; i++) {
+        data[i] = i * 131 + (i >> 8);
+    }
+    ck_assert_uint_eq(colo_msg_crc(0, data, 100003),
+                      crc32c(0xffffffff, data, 100003));
+    ck_assert_uint_eq(colo_msg_crc(colo_msg_crc(0, data, 4097), data + 4097,
+                                   100003 - 4097),
+                      colo_msg_crc(0, data, 100003));
+    ck_assert_uint_eq(colo_msg_crc(0, data, 0), 0);
 }
 END_TEST
 
@@ -362,18 +392,20 @@ START_TEST(test_checkpoint_over_4gib)
     ColoMsgHeader hdr = { .type = COLO_MSG_CHECKPOINT, .seq = 9,
                           .length = len };
     QEMUFile *tail = pipe_new();
-    uLong crc = 0;
+    uint8_t trailer[COLO_MSG_TRAILER_SIZE];
+    uint32_t crc = 0;
 
-    /* The header, with the checksum of the generated payload. */
+    /* The header, the generated payload, and its checksum. */
     f->gen_len = len;
     for (uint64_t off = 0; off < len; off += 64 * KiB) {
         size_t n = qemu_get_buffer(f, chunk, MIN(64 * KiB, len - off));
 
-        crc = crc32_z(crc, chunk, n);
+        crc = colo_msg_crc(crc, chunk, n);
     }
-    hdr.payload_crc = crc;
     colo_msg_header_encode(buf, &hdr);
     qemu_put_buffer(f, buf, sizeof(buf));
+    stl_be_p(trailer, crc);
+    qemu_put_buffer(f, trailer, sizeof(trailer));
     f->gen_at = sizeof(buf);
     f->gen_pos = 0;
 
@@ -515,6 +547,7 @@ int main(void)
 
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_crc32c);
     tcase_add_test(tc, test_long_message_is_heard_while_it_moves);
     tcase_add_test(tc, test_any_flipped_byte_is_refused);
     tcase_add_test(tc, test_torn_message_is_refused);
