@@ -236,7 +236,9 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * Pipelined: the next checkpoint may be captured while the secondary
      * loads this one; its LOADED is read on the way to the next RECEIVED.
      */
-    colo_stats_add(t_resume - t_stop, iov_size(iov, 2) + COLO_MSG_HEADER_SIZE,
+    colo_stats_add(t_resume - t_stop,
+                   iov_size(iov, 2) + COLO_MSG_HEADER_SIZE +
+                   COLO_MSG_TRAILER_SIZE,
                    ram_stats.pages, t_received - t_stop);
     colo_stats_add_output(cause, held.packets, held.total_us, held.max_us);
     trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,

@@ -13,9 +13,12 @@
  * Standing at a checkpoint means its RAM and disks: every checkpoint
  * carries the whole device state, and the SVM does not run between
  * checkpoints, so only the last device state matters, and only once the
- * SVM is to run.  It is kept, and loaded into the devices at failover;
- * one is loaded every COLO_DEVICE_LOAD_INTERVAL_US on the way, so that a
- * device state that will not load is found while the primary serves.
+ * SVM is to run.  It is kept, and loaded into the devices at failover.
+ * On the way, the latest one is loaded once COLO_DEVICE_LOAD_INTERVAL_US
+ * have passed since the last load, and at a heartbeat (the primary has
+ * nothing to send): a device state that will not load is found while the
+ * primary serves, unless a newer one that loads replaces it first, and
+ * the newer one is what a failover would load.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -75,8 +78,9 @@ typedef struct ColoSecondary {
 #define COLO_DEVICE_STATE_MAX (256 * MiB)
 
 /*
- * The devices are loaded at most this long after the RAM they go with,
- * unless a failover comes first.  Loading them costs about a millisecond
+ * While checkpoints come, the latest device state is loaded once this
+ * long has passed since the last load (and at a heartbeat when they stop
+ * coming, and at failover).  Loading them costs about a millisecond
  * (a machine reset and every device's state), which back-to-back
  * checkpoints would pay hundreds of times a second for nothing.
  */
@@ -197,11 +201,24 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
     if (!colo_ram_cache_check(body + 8, ram_len, errp)) {
         return false;
     }
-    /* Room for its device state, before anything of it is applied. */
     dev_len = len - 8 - ram_len;
-    if (dev_len > c->devices.size &&
-        !colo_buf_resize(&c->devices, dev_len, errp)) {
+    if (dev_len > COLO_DEVICE_STATE_MAX) {
+        error_setg(errp, "COLO checkpoint %" PRIu64 " carries %" PRIu64
+                   " bytes of device state, more than a VM has", seq,
+                   dev_len);
         return false;
+    }
+    /*
+     * Room for its device state, before anything of it is applied; the
+     * kept one stays as it is until then.
+     */
+    if (dev_len > c->devices.size) {
+        size_t kept = c->devices.len;
+
+        if (!colo_buf_resize(&c->devices, dev_len, errp)) {
+            return false;
+        }
+        c->devices.len = kept;
     }
     /*
      * The disks move to this checkpoint before it is acknowledged: the
@@ -233,8 +250,11 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
     bql_lock();
     ok = colo_secondary_layout_unchanged(c, errp);
     if (ok) {
+        /* Room was made above: this only sets the length. */
         colo_buf_resize(&c->devices, dev_len, &error_abort);
-        memcpy(c->devices.data, body + 8 + ram_len, dev_len);
+        if (dev_len) {
+            memcpy(c->devices.data, body + 8 + ram_len, dev_len);
+        }
         c->devices_pending = true;
         if (t_start - c->devices_loaded_us >= COLO_DEVICE_LOAD_INTERVAL_US) {
             ok = colo_secondary_load(c, body + 8, ram_len, &ram_stats,
@@ -253,7 +273,8 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
     }
     c->loaded = seq;
     colo_stats_add(qemu_clock_get_us(QEMU_CLOCK_REALTIME) - t_start,
-                   len + COLO_MSG_HEADER_SIZE, ram_stats.pages, 0);
+                   len + COLO_MSG_HEADER_SIZE + COLO_MSG_TRAILER_SIZE,
+                   ram_stats.pages, 0);
     trace_colo_checkpoint_loaded(seq, len, ram_stats.pages);
     if (ack_err) {
         error_propagate(errp, ack_err);

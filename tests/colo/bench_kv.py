@@ -216,7 +216,7 @@ def measure(config, seconds, qemu_b=None):
         wait_redis(bed)
         ours = config.startswith("ours")
         # The base's events are read as they come (two a second); ours
-        # are left in QEMU's queue and not parsed at all.
+        # wait in the socket until the run is over.
         watch = (pvm,) if pvm and not ours else ()
         for clients in CLIENTS:
             # A short probe sizes the run to about SECONDS per test.

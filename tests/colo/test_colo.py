@@ -290,9 +290,9 @@ HOSTILE_DEVICE_STATE = "08" "0002" "0004" "12345678" "00"
 def test_hostile_device_state(bed, vm_factory, workdir, counter):
     """A checkpoint's device state is loaded as whole device sections only:
     a command in it is refused, and the secondary stays down.  The devices
-    are loaded lazily (at most 100 ms after their RAM, or at the next
-    heartbeat when nothing else comes): the refusal comes then, not
-    later."""
+    are loaded lazily (once 100 ms have passed since the last load, or at
+    the next heartbeat when nothing else comes, as here): the refusal
+    comes then, not at some later failover."""
     pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
                                  via_proxy=True)
     try:

@@ -218,7 +218,6 @@ START_TEST(test_crc32c)
 }
 END_TEST
 
-/* Flipping any single byte of a message makes it refused. */
 /*
  * A message of several MiB reports progress to the heartbeat chunk by
  * chunk on both ends (a long checkpoint is not silence), and every wait
@@ -245,6 +244,7 @@ START_TEST(test_long_message_is_heard_while_it_moves)
 }
 END_TEST
 
+/* Flipping any single byte of a message makes it refused. */
 START_TEST(test_any_flipped_byte_is_refused)
 {
     QEMUFile *f = pipe_new();
@@ -284,6 +284,19 @@ START_TEST(test_torn_message_is_refused)
         g_byte_array_set_size(f->data, cut);
         ck_assert(!colo_msg_recv(f, &hdr, payload, UINT64_MAX, &err));
         ck_assert_ptr_nonnull(err);
+        error_free(err);
+        g_byte_array_set_size(f->data, 0);
+        send_checkpoint(f, 1, 5000);
+    }
+    /* Every cut in the payload's last bytes and its trailer, too. */
+    for (size_t cut = full - COLO_MSG_TRAILER_SIZE - 8; cut < full; cut++) {
+        ColoMsgHeader hdr;
+        Error *err = NULL;
+
+        f->pos = 0;
+        g_byte_array_set_size(f->data, cut);
+        ck_assert(!colo_msg_recv(f, &hdr, payload, UINT64_MAX, &err));
+        ck_assert(strstr(error_get_pretty(err), "torn"));
         error_free(err);
         g_byte_array_set_size(f->data, 0);
         send_checkpoint(f, 1, 5000);
@@ -331,7 +344,16 @@ START_TEST(test_header_fields_are_checked)
     error_free(err);
     err = NULL;
 
+    /* The reserved field must be 0, even under a valid checksum. */
     hdr.length = 10;
+    colo_msg_header_encode(buf, &hdr);
+    stl_be_p(buf + 24, 1);
+    stl_be_p(buf + 28, colo_msg_crc(0, buf, 28));
+    ck_assert(!colo_msg_header_decode(buf, &out, &err));
+    ck_assert(strstr(error_get_pretty(err), "reserved"));
+    error_free(err);
+    err = NULL;
+
     colo_msg_header_encode(buf, &hdr);
     ck_assert(colo_msg_header_decode(buf, &out, &error_abort));
     ck_assert_int_eq(out.type, COLO_MSG_ERROR);
