@@ -278,7 +278,7 @@ void colo_msg_send_error(QEMUFile *f, uint64_t seq, const Error *err)
 
 /*
  * Read @len bytes into @data, a chunk at a time, each a sign of life, and
- * sum them into @crc as they come.
+ * sum them into @crc (if not NULL) as they come.
  */
 static size_t colo_msg_get(QEMUFile *f, uint8_t *data, size_t len,
                            uint32_t *crc)
@@ -289,7 +289,9 @@ static size_t colo_msg_get(QEMUFile *f, uint8_t *data, size_t len,
         size_t n = MIN(len - done, COLO_MSG_CHUNK);
         size_t got = qemu_get_buffer(f, data + done, n);
 
-        *crc = colo_msg_crc(*crc, data + done, got);
+        if (crc) {
+            *crc = colo_msg_crc(*crc, data + done, got);
+        }
         done += got;
         if (got != n) {
             break;
@@ -308,7 +310,8 @@ static bool colo_msg_do_recv(QEMUFile *f, ColoMsgHeader *hdr,
     uint32_t crc = 0;
     size_t got;
 
-    got = colo_msg_get(f, buf, sizeof(buf), &crc);
+    /* The header carries its own checksum. */
+    got = colo_msg_get(f, buf, sizeof(buf), NULL);
     if (got != sizeof(buf)) {
         if (!colo_file_check(f, "receive", errp)) {
             return false;
@@ -333,7 +336,6 @@ static bool colo_msg_do_recv(QEMUFile *f, ColoMsgHeader *hdr,
     if (!colo_buf_resize(payload, hdr->length, errp)) {
         return false;
     }
-    crc = 0;
     got = colo_msg_get(f, payload->data, payload->len, &crc);
     if (got == payload->len) {
         got += qemu_get_buffer(f, trailer, sizeof(trailer));

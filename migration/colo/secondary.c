@@ -121,16 +121,14 @@ static bool colo_secondary_layout_unchanged(ColoSecondary *c, Error **errp)
 }
 
 /*
- * Bring the devices to the device state kept last (BQL held), with @ram,
- * a checkpoint's RAM records (or NULL), flushed on the way.  Devices load
- * their state into a freshly reset machine, as on any incoming migration:
- * some set up memory mappings or timers on load that must not be set up
- * twice.  Reset first, since it may rewrite ROM contents, then flush the
- * RAM.
+ * Bring the devices to the device state kept last (BQL held).  Devices
+ * load their state into a freshly reset machine, as on any incoming
+ * migration: some set up memory mappings or timers on load that must not
+ * be set up twice.  The reset leaves RAM alone on a secondary in COLO
+ * (patches/reset-colo-secondary-keeps-ram.patch), so it may come after
+ * the checkpoints' RAM was flushed.
  */
-static bool colo_secondary_load(ColoSecondary *c, const uint8_t *ram,
-                                uint64_t ram_len, ColoRamStats *ram_stats,
-                                uint64_t seq, Error **errp)
+static bool colo_secondary_load(ColoSecondary *c, Error **errp)
 {
     int64_t t_start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bool ok;
@@ -144,14 +142,11 @@ static bool colo_secondary_load(ColoSecondary *c, const uint8_t *ram,
      */
     memory_region_transaction_begin();
     qemu_system_reset(SHUTDOWN_CAUSE_NONE);
-    if (ram) {
-        colo_ram_cache_flush(ram, ram_len, ram_stats);
-    }
     ok = colo_secondary_load_devices(c->devices.data, c->devices.len, errp);
     memory_region_transaction_commit();
     c->devices_pending = false;
     c->devices_loaded_us = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
-    trace_colo_devices_loaded(seq, c->devices.len,
+    trace_colo_devices_loaded(c->loaded, c->devices.len,
                               c->devices_loaded_us - t_start);
     return ok;
 }
@@ -168,7 +163,7 @@ static bool colo_secondary_load_pending(ColoSecondary *c, Error **errp)
         return true;
     }
     bql_lock();
-    ok = colo_secondary_load(c, NULL, 0, NULL, c->loaded, errp);
+    ok = colo_secondary_load(c, errp);
     bql_unlock();
     if (!ok) {
         error_prepend(errp, "the SVM is inconsistent and will not run: ");
@@ -256,22 +251,22 @@ static bool colo_secondary_checkpoint(ColoSecondary *c, uint64_t seq,
             memcpy(c->devices.data, body + 8 + ram_len, dev_len);
         }
         c->devices_pending = true;
-        if (t_start - c->devices_loaded_us >= COLO_DEVICE_LOAD_INTERVAL_US) {
-            ok = colo_secondary_load(c, body + 8, ram_len, &ram_stats,
-                                     seq, errp);
-        } else {
-            colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
-        }
+        colo_ram_cache_flush(body + 8, ram_len, &ram_stats);
     }
     bql_unlock();
     if (!ok) {
-        /* Flushed RAM without devices: this SVM cannot take over. */
+        /* Disks at this checkpoint, RAM not: this SVM cannot take over. */
         error_prepend(errp, "the SVM is inconsistent and will not run: ");
         error_free(ack_err);
         c->unusable = true;
         return false;
     }
     c->loaded = seq;
+    if (t_start - c->devices_loaded_us >= COLO_DEVICE_LOAD_INTERVAL_US &&
+        !colo_secondary_load_pending(c, errp)) {
+        error_free(ack_err);
+        return false;
+    }
     colo_stats_add(qemu_clock_get_us(QEMU_CLOCK_REALTIME) - t_start,
                    len + COLO_MSG_HEADER_SIZE + COLO_MSG_TRAILER_SIZE,
                    ram_stats.pages, 0);
