@@ -132,6 +132,17 @@ run_qtest() {
     for p in $BASE_QTESTS; do
         run_one_qtest "$p"
     done
+    # The base's VMState tests, with ours of the flat-struct save
+    # (patches/vmstate-save-flat-struct-arrays.patch).
+    if make --no-print-directory -C "$build/qemu" tests/unit/test-vmstate \
+            > "$results/test-vmstate.log" 2>&1 &&
+       "$build/qemu/tests/unit/test-vmstate" --tap >> "$results/test-vmstate.log" 2>&1 &&
+       grep -q '^ok .*/vmstate/array/struct/flat/save' "$results/test-vmstate.log"; then
+        pass "unit/test-vmstate"
+    else
+        tail -n 30 "$results/test-vmstate.log"
+        fail "unit/test-vmstate"
+    fi
     for p in $COLO_QTESTS; do
         run_one_qtest "$p" without_kvm
     done

@@ -15,6 +15,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qapi/qapi-events-run-state.h"
 #include "qemu/bswap.h"
 #include "qemu/iov.h"
 #include "qemu/units.h"
@@ -115,14 +116,15 @@ static bool colo_primary_await(ColoPrimary *p, ColoMsgType type,
 }
 
 /*
- * Stop and drain as @state.  The drain waits for writes to the
- * secondary's disk too: a wait on the secondary, which the heartbeat
- * bounds (a silent secondary's NBD connection is yanked).
+ * Stop and drain as @state, with a STOP event if @announce.  The drain
+ * waits for writes to the secondary's disk too: a wait on the secondary,
+ * which the heartbeat bounds (a silent secondary's NBD connection is
+ * yanked).
  */
-static void colo_primary_stop_drain(RunState state)
+static void colo_primary_stop_drain(RunState state, bool announce)
 {
     colo_heartbeat_wait_begin();
-    vm_stop_drain(state);
+    vm_stop_drain(state, announce);
     colo_heartbeat_wait_end();
 }
 
@@ -151,7 +153,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     ColoRamStats ram_stats;
     ColoOutputHoldTimes held = { 0 };
     bool was_live, ok;
-    int64_t t_stop, t_resume, t_received;
+    int64_t t_stop, t_stopped, t_ram = 0, t_devices = 0, t_resume, t_received;
     struct iovec iov[2];
     uint64_t seq = p->acks.sent + 1;
 
@@ -173,8 +175,11 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * Stop and drain, even a VM that is not running: a write of this
      * epoch must have reached both sides before the secondary takes the
      * checkpoint.  Completed is enough, durable is not needed: no flush.
+     * Nor is the stop announced: the BQL is held until the VM runs again,
+     * no one can see it stopped (vm_stop_drain()).
      */
-    colo_primary_stop_drain(RUN_STATE_COLO);
+    colo_primary_stop_drain(RUN_STATE_COLO, false);
+    t_stopped = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     trace_colo_checkpoint_stop(seq);
     /*
      * A write the secondary missed is known now, and ends COLO before
@@ -182,8 +187,13 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      */
     replication_get_error_all(errp);
     ok = !*errp &&
-         colo_ram_capture(p->capture, &p->ram, &p->ram_stats, errp) &&
-         (devices = colo_primary_save_devices(bioc, errp));
+         colo_ram_capture(p->capture, &p->ram, &p->ram_stats, errp);
+    if (ok) {
+        t_ram = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+        devices = colo_primary_save_devices(bioc, errp);
+        ok = devices != NULL;
+        t_devices = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
+    }
     /*
      * Output so far is this checkpoint's; from now on, the next one's.
      * The same goes for disk writes: the VM's writes so far have all
@@ -201,15 +211,20 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     if (qatomic_xchg(&colo_state.stop_requested, false)) {
         /* "stop" arrived while the VM was stopped for this checkpoint. */
         runstate_set(RUN_STATE_PAUSED);
+        if (was_live) {
+            qapi_event_send_stop();
+        }
     } else if (was_live) {
-        vm_start();
+        vm_start_unannounced();
     }
     t_resume = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bql_unlock();
     if (!ok) {
         return false;
     }
-    trace_colo_checkpoint_resume(seq, t_resume - t_stop);
+    trace_colo_checkpoint_resume(seq, t_resume - t_stop, t_stopped - t_stop,
+                                 t_ram - t_stopped, t_devices - t_ram,
+                                 t_resume - t_devices);
 
     stq_be_p(p->ram.data, p->ram.len - 8);
     iov[0].iov_base = p->ram.data;
@@ -493,7 +508,7 @@ bool colo_primary_run(MigrationState *s)
          * stops it only later, and what it sent meanwhile would reach
          * clients unheld.
          */
-        colo_primary_stop_drain(RUN_STATE_SHUTDOWN);
+        colo_primary_stop_drain(RUN_STATE_SHUTDOWN, true);
     }
     /*
      * The replica first: a fence's stop then flushes only local disks,

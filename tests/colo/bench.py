@@ -9,9 +9,15 @@ alike:
 
   pause       the primary's VM pause per checkpoint, median and p99, for a
               guest dirtying 0, 5, 20 and 50 MB/s at delays of 100 and
-              1000 ms.  Measured the same way for both: from each QMP STOP
-              event to the next RESUME event of the primary (their
-              timestamps are taken by QEMU's core around vm_stop/vm_start);
+              1000 ms.  The base's from each QMP STOP event to the next
+              RESUME event of the primary (their timestamps are taken by
+              QEMU's core inside vm_stop/vm_start, after the vCPUs paused
+              and before they resume).  Ours announces no checkpoint's stop
+              (no one can see the VM stopped: the BQL is held throughout),
+              so its pause is read from its trace event
+              colo_checkpoint_resume, which times the whole of it, from
+              before the vCPUs pause to after they resume: a longer span
+              than the base's events give;
   rate        checkpoints per second at x-checkpoint-delay 1 ms, with the
               guest's counter service still answering (its replies/s shown);
   bytes       replication traffic per checkpoint: what the primary's TCP
@@ -45,7 +51,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import colo_env  # noqa: E402
 from bench_pause import client_rtts, percentile  # noqa: E402
-from colo_pair import standalone_bed, start_pair  # noqa: E402
+from bench_pause import PAUSE_RE  # noqa: E402
+from colo_pair import checkpoints, standalone_bed, start_pair  # noqa: E402
 from counter_client import CounterClient  # noqa: E402
 
 BASE_QEMU = os.path.join(colo_env.BUILD_DIR, "base-colo", "qemu",
@@ -79,6 +86,18 @@ def pauses(vm, since):
     return out
 
 
+def trace_args(impl):
+    return ["-trace", "colo_checkpoint_resume"] if impl == "ours" else []
+
+
+def traced_pauses(vm, after, upto):
+    """Pauses (ms) of checkpoints AFTER < seq <= UPTO, from our primary's
+    trace event colo_checkpoint_resume."""
+    with open(vm.stderr_path) as f:
+        return [int(us) / 1000 for seq, us in PAUSE_RE.findall(f.read())
+                if after < int(seq) <= upto]
+
+
 def periodic(impl):
     """Ours periodic like the base's: x-colo-output-delay 0 (the base has
     no such parameter)."""
@@ -94,7 +113,8 @@ def run(impl, rate, delay, seconds):
         pvm, svm, _ = start_pair(bed, make_vm, workdir, append=append,
                                  delay_ms=max(delay, 100), qemu=qemu,
                                  isolate_secondary=impl == "base",
-                                 output_delay_us=periodic(impl))
+                                 output_delay_us=periodic(impl),
+                                 primary_args=trace_args(impl))
         client = CounterClient(bed, os.path.join(workdir, "client.jsonl"),
                                interval=0.02, timeout=30, duration=600)
         try:
@@ -103,9 +123,13 @@ def run(impl, rate, delay, seconds):
             # Settle past what the initial migration left behind.
             time.sleep(2)
             t0 = time.time()
+            seq0 = checkpoints(pvm) if impl == "ours" else None
             bytes0 = bytes_sent(bed, svm.incoming_port)
             time.sleep(seconds)
-            p = pauses(pvm, t0)
+            if impl == "ours":
+                p = traced_pauses(pvm, seq0, checkpoints(pvm))
+            else:
+                p = pauses(pvm, t0)
             bytes1 = bytes_sent(bed, svm.incoming_port)
             ok = colo_alive(pvm, svm)
         finally:

@@ -34,6 +34,11 @@ from counter_client import CounterClient  # noqa: E402
 
 PAUSE_RE = re.compile(r"colo_checkpoint_resume checkpoint (\d+): VM resumed "
                       r"after (\d+) us")
+# The pause's phases (builds since the event gave them).
+PHASES = ("stop", "ram", "devices", "resume")
+PHASES_RE = re.compile(r"colo_checkpoint_resume checkpoint (\d+): VM resumed "
+                       r"after \d+ us \(stop (\d+), RAM (\d+), "
+                       r"devices (\d+), resume (\d+)\)")
 
 
 def percentile(xs, p):
@@ -89,8 +94,14 @@ def measure(bed, make_vm, workdir, rate, delay, seconds, qemu=None):
             return row
         stats = colo_status(pvm)["stats"]
         with open(pvm.stderr_path) as f:
-            pauses = [int(us) for seq, us in PAUSE_RE.findall(f.read())
-                      if int(seq) > first]
+            log = f.read()
+        pauses = [int(us) for seq, us in PAUSE_RE.findall(log)
+                  if int(seq) > first]
+        phases = [m[1:] for m in PHASES_RE.findall(log) if int(m[0]) > first]
+        for i, name in enumerate(PHASES):
+            if phases:
+                row[name + "_median_ms"] = statistics.median(
+                    int(p[i]) for p in phases) / 1000
         row.update({
             "checkpoints": len(pauses),
             "pause_median_ms": statistics.median(pauses) / 1000,
@@ -140,6 +151,10 @@ def main():
                   row["pause_median_ms"], row["pause_p99_ms"],
                   row["pause_max_ms"], row["bytes_per_checkpoint"],
                   row["rtt_median_ms"], row["rtt_p99_ms"]), flush=True)
+        if "stop_median_ms" in row:
+            print("    pause phases, medians: " +
+                  ", ".join("%s %.2f ms" % (name, row[name + "_median_ms"])
+                            for name in PHASES), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -565,14 +565,27 @@ def test_no_release_before_received(mode, bed, vm_factory, workdir,
         proxy.close()
 
 
+def run_state_events(vm, since):
+    """The STOP and RESUME events VM sent after the first SINCE events."""
+    vm._collect_events()
+    return [e["event"] for e in vm.events[since:]
+            if e["event"] in ("STOP", "RESUME")]
+
+
 def test_stop_cont_in_colo(bed, vm_factory, workdir):
     """A secondary's VM runs only after a failover: cont and stop are
-    refused in COLO.  A primary's stop holds across checkpoints."""
+    refused in COLO.  A primary's stop holds across checkpoints, and is
+    announced (STOP, then RESUME at cont); a checkpoint's is not."""
     pvm, svm, _ = start_pair(bed, vm_factory, workdir, delay_ms=20)
     for cmd in ("cont", "stop"):
         with pytest.raises(Exception, match="stopped by COLO"):
             svm.qmp(cmd)
     assert svm.qmp("query-status")["status"] == "colo"
+    pvm._collect_events()
+    since = len(pvm.events)
+    n = checkpoints(svm)
+    wait_until(lambda: checkpoints(svm) >= n + 10, 30, "10 checkpoints")
+    assert run_state_events(pvm, since) == []
     # Stops that land anywhere in the period, inside a checkpoint's stop
     # or not, leave the primary paused.
     for i in range(30):
@@ -582,6 +595,9 @@ def test_stop_cont_in_colo(bed, vm_factory, workdir):
         assert pvm.qmp("query-status")["status"] == "paused", i
         pvm.qmp("cont")
         time.sleep(0.001 * (i % 7))
+    n = checkpoints(svm)
+    wait_until(lambda: checkpoints(svm) >= n + 10, 30, "10 checkpoints")
+    assert run_state_events(pvm, since) == ["STOP", "RESUME"] * 30
     assert colo_status(pvm)["mode"] == "primary"
 
 
