@@ -464,7 +464,9 @@ def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
     assert by_output >= 0.9 * (n2 - n1) and by_period <= 0.1 * (n2 - n1) + 1, \
         (out1, out2, n2 - n1)
     assert out1["by-period"] >= 3, out1
-    assert out2["held-packets"] > out1["held-packets"] + 100, (out1, out2)
+    # Each of the 100 replies is at least one held packet; the first may
+    # have been released between t1 and the reading of out1.
+    assert out2["held-packets"] >= out1["held-packets"] + 99, (out1, out2)
     assert out2["in-flight"] <= 2, out2
     info = pvm.hmp("info colo")
     assert "checkpoints by cause: period" in info and "output held:" in info
