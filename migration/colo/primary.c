@@ -175,8 +175,8 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * Stop and drain, even a VM that is not running: a write of this
      * epoch must have reached both sides before the secondary takes the
      * checkpoint.  Completed is enough, durable is not needed: no flush.
-     * Nor is the stop announced: the BQL is held until the VM runs again,
-     * no one can see it stopped (vm_stop_drain()).
+     * Nor is the stop announced: it is a step of the checkpoint, not a
+     * change of run state (vm_stop_drain()).
      */
     colo_primary_stop_drain(RUN_STATE_COLO, false);
     t_stopped = qemu_clock_get_us(QEMU_CLOCK_REALTIME);

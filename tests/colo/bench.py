@@ -12,9 +12,8 @@ alike:
               1000 ms.  The base's from each QMP STOP event to the next
               RESUME event of the primary (their timestamps are taken by
               QEMU's core inside vm_stop/vm_start, after the vCPUs paused
-              and before they resume).  Ours announces no checkpoint's stop
-              (no one can see the VM stopped: the BQL is held throughout),
-              so its pause is read from its trace event
+              and before they resume).  Ours announces no checkpoint's
+              stop, so its pause is read from its trace event
               colo_checkpoint_resume, which times the whole of it, from
               before the vCPUs pause to after they resume: a longer span
               than the base's events give;
@@ -50,8 +49,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import colo_env  # noqa: E402
-from bench_pause import client_rtts, percentile  # noqa: E402
-from bench_pause import PAUSE_RE  # noqa: E402
+from bench_pause import PAUSE_RE, client_rtts, percentile  # noqa: E402
 from colo_pair import checkpoints, standalone_bed, start_pair  # noqa: E402
 from counter_client import CounterClient  # noqa: E402
 
