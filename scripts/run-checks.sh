@@ -4,7 +4,8 @@
 # Usage: run-checks.sh all|model|unit|qtest|colo|nocolo
 #   model  spin models of who serves (tests/model/*.pml), and their mutants
 #   unit   Check unit tests of our C modules (tests/unit/test-*.c)
-#   qtest  a trimmed set of the base's own migration qtests against our build
+#   qtest  a trimmed set of the base's own migration qtests against our build,
+#          and the base's VMState unit test (with our flat-struct case)
 #   colo   end-to-end tests with the test guest (tests/colo, pytest)
 #   nocolo a --disable-colo build refuses x-colo
 #   all    all of the above, plus the check that no base COLO module is built
