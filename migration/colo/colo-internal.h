@@ -53,6 +53,7 @@ typedef struct ColoState {
     /* Requests to the running side (atomic); the semaphore wakes it. */
     bool checkpoint_requested;
     int64_t output_due_us;      /* a checkpoint for held output, or 0 */
+    bool output_pressure;       /* held output piles up: due at once */
     bool exit_requested;
     bool guest_shutdown;        /* the guest powered off: both sides end */
     bool quitting;              /* this QEMU exits: it will not serve */

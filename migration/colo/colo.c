@@ -126,6 +126,7 @@ void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from)
     colo_state.from_peer = from;
     qatomic_set(&colo_state.checkpoint_requested, false);
     qatomic_set(&colo_state.output_due_us, 0);
+    qatomic_set(&colo_state.output_pressure, false);
     colo_state.arbitrated = migrate_colo_arbitrated();
     /* A cancel that came since the migration reached COLO state stands. */
     qatomic_set(&colo_state.exit_requested,

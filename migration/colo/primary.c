@@ -47,6 +47,7 @@ typedef struct ColoPrimary {
     ColoRamStats ram_stats;     /* of the records in ram */
     ColoRamCapture *capture;
     int64_t precopy_due_us;     /* the next pre-copy pass */
+    int64_t output_not_before_us; /* a busy guest's output waits for this */
     ColoBuf reply;              /* last message from the secondary */
     bool resumed;               /* COLO gave the VM its run state back */
 } ColoPrimary;
@@ -142,6 +143,34 @@ static void colo_primary_ram_reset(ColoPrimary *p, int64_t now)
     colo_buf_append(&p->ram, &(uint64_t){ 0 }, sizeof(uint64_t));
     memset(&p->ram_stats, 0, sizeof(p->ram_stats));
     p->precopy_due_us = now + COLO_PRECOPY_INTERVAL_US;
+}
+
+/*
+ * A busy guest's checkpoints are spaced.  When the next checkpoint's
+ * output was held before this one was safe, the guest answers faster than
+ * checkpoints complete: its requests queue in the guest, and a checkpoint
+ * at once would shorten no reply's wait, only the VM's run.  So the
+ * output of a busy guest waits until the VM has run nine times its last
+ * pause (stopped a tenth of the time at most), and no more than
+ * COLO_BUSY_WAIT_MAX_US.  A guest that answers one request at a time has
+ * held nothing by then, and its next reply is checkpointed at once.
+ */
+#define COLO_BUSY_RUN_PER_PAUSE 9
+#define COLO_BUSY_WAIT_MAX_US 3000
+
+static void colo_primary_pace(ColoPrimary *p, uint64_t seq, int64_t t_stop,
+                              int64_t t_resume)
+{
+    int64_t wait_us;
+
+    if (!qatomic_read(&colo_state.output_due_us)) {
+        p->output_not_before_us = 0;
+        return;
+    }
+    wait_us = MIN((t_resume - t_stop) * COLO_BUSY_RUN_PER_PAUSE,
+                  COLO_BUSY_WAIT_MAX_US);
+    p->output_not_before_us = t_resume + wait_us;
+    trace_colo_checkpoint_busy(seq, wait_us);
 }
 
 static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
@@ -247,6 +276,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     bql_lock();
     colo_output_release(&held);
     bql_unlock();
+    colo_primary_pace(p, seq, t_stop, t_resume);
     /*
      * Pipelined: the next checkpoint may be captured while the secondary
      * loads this one; its LOADED is read on the way to the next RECEIVED.
@@ -310,9 +340,13 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_us,
         if (qatomic_read(&colo_state.exit_requested)) {
             return false;
         }
+        if (output_due && !qatomic_read(&colo_state.output_pressure)) {
+            output_due = MAX(output_due, p->output_not_before_us);
+        }
         if (colo_primary_due(now, due, output_due, cause)) {
             /* Output held from here on is this checkpoint's, or after. */
             qatomic_set(&colo_state.output_due_us, 0);
+            qatomic_set(&colo_state.output_pressure, false);
             return true;
         }
         if (now >= beat) {
@@ -353,6 +387,7 @@ static bool colo_primary_wait(ColoPrimary *p, int64_t last_start_us,
 static void colo_primary_output_pressure(void)
 {
     /* Due now: output-driven, whatever x-colo-output-delay says. */
+    qatomic_set(&colo_state.output_pressure, true);
     qatomic_set(&colo_state.output_due_us,
                 qemu_clock_get_us(QEMU_CLOCK_REALTIME));
     qemu_sem_post(&colo_state.kick);

@@ -18,6 +18,7 @@ that machine noise hits all alike:
                   checkpoint 1000 ms
   ours-output-b   as ours-output, with the QEMU that --qemu-b names (a
                   build to compare with, side by side)
+  ours-output@US  as ours-output, with x-colo-output-delay US
 
 Every configuration uses the same NIC (virtio-net on a tap without vnet
 headers, which the base's proxy filters would otherwise need told).  Per
@@ -80,9 +81,10 @@ def pauses_between(vm, t0, t1):
 
 
 def ours_pauses(vm):
-    """Ours: (checkpoints, total pause in ms) so far."""
+    """Ours: (checkpoints, total pause in ms, bytes, pages) so far."""
     st = colo_status(vm)["stats"]
-    return st["checkpoints"], st["checkpoints"] * st["pause-mean-us"] / 1000
+    return (st["checkpoints"], st["checkpoints"] * st["pause-mean-us"] / 1000,
+            st["bytes-total"], st["pages-total"])
 
 
 def redis_images():
@@ -182,6 +184,15 @@ def compare_mode_args(bed):
     return pri, sec
 
 
+def output_delay_us(config):
+    """x-colo-output-delay for one of ours: ours-output@USEC sets it."""
+    if config == "ours-periodic":
+        return 0
+    if "@" in config:
+        return int(config.split("@", 1)[1])
+    return 1
+
+
 def start_config(config, bed, make_vm, workdir, qemu_b=None):
     """Start CONFIG; returns the VM whose pauses count (None: none)."""
     kernel, initrd = redis_images()
@@ -203,8 +214,7 @@ def start_config(config, bed, make_vm, workdir, qemu_b=None):
                            delay_ms=100, vm_kw=vm_kw,
                            qemu=(qemu_b if config == "ours-output-b"
                                  else None),
-                           output_delay_us=(0 if config == "ours-periodic"
-                                            else 1))
+                           output_delay_us=output_delay_us(config))
     return pvm
 
 
@@ -229,13 +239,19 @@ def measure(config, seconds, qemu_b=None):
                 after = ours_pauses(pvm)
                 count, stopped_ms = (after[0] - before[0],
                                      after[1] - before[1])
+                per_ckpt = {"kb_per_ckpt": round((after[2] - before[2]) /
+                                                 max(count, 1) / 1024, 1),
+                            "pages_per_ckpt": round((after[3] - before[3]) /
+                                                    max(count, 1), 1)}
             elif pvm:
                 p = pauses_between(pvm, t0, t1)
                 count, stopped_ms = len(p), sum(p)
             else:
                 count, stopped_ms = 0, 0
+            if not ours:
+                per_ckpt = {}
             for test, r in res.items():
-                rows.append(dict(r, config=config, clients=clients,
+                rows.append(dict(r, **per_ckpt, config=config, clients=clients,
                                  test=test, requests=n,
                                  checkpoints_per_s=round(count / (t1 - t0),
                                                          1),
@@ -284,10 +300,13 @@ def main():
                 r["round"] = rnd
                 rows.append(r)
                 print("round %d %-14s c=%-2d %-3s %9.1f req/s p50 %7.2f ms "
-                      "p99 %7.2f ms  %6.1f ckpt/s stopped %5.1f %%" % (
+                      "p99 %7.2f ms  %6.1f ckpt/s stopped %5.1f %%%s" % (
                           rnd, config, r["clients"], r["test"], r["rps"],
                           r["p50_ms"], r["p99_ms"], r["checkpoints_per_s"],
-                          100 * r["stopped_share"]), flush=True)
+                          100 * r["stopped_share"],
+                          "  %.1f KiB, %.1f pages/ckpt" % (
+                              r["kb_per_ckpt"], r["pages_per_ckpt"])
+                          if "kb_per_ckpt" in r else ""), flush=True)
     # Ratios within a round, then the median over rounds.
     for r in rows:
         base = next((x for x in rows if x["config"] == "unprotected" and

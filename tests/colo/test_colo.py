@@ -24,7 +24,8 @@
                runs; the pages written again are copied at the stop, and
                the memories are equal.
   input        50 redis clients, output-driven: the checkpoints' stops
-               lose none of the clients' packets (no TCP timeout).
+               lose none of the clients' packets (no TCP timeout); the
+               guest is busy, so its checkpoints are spaced.
 
 Results (checkpoint statistics) go to colo-*.json in the results dir.
 """
@@ -185,17 +186,30 @@ def tcp_timeouts(bed):
     raise AssertionError("no TcpExt in /proc/net/netstat")
 
 
+BUSY_RE = re.compile(r"@(\d+\.\d+):colo_checkpoint_busy checkpoint (\d+): "
+                     r".* runs (\d+) us")
+STOP_RE = re.compile(r"@(\d+\.\d+):colo_checkpoint_stop checkpoint (\d+):")
+
+
 def test_input_kept_across_checkpoints(bed, vm_factory, workdir):
     """Output-driven with 50 redis clients: hundreds of checkpoints a
     second, each stopping the VM while the tap holds input for the NIC.
     A stop used to drop that input (QEMU completes a stopped NIC's queue by
     purging it), one packet in a hundred, each a 200 ms TCP retransmission
-    timeout for its client; none may be lost."""
+    timeout for its client; none may be lost.
+
+    The guest is busy (the next checkpoint's replies are held before this
+    one is safe), so the next stop waits until the VM ran nine times its
+    pause (at most 3 ms): checked from the trace, a checkpoint marked busy
+    and the next one's stop."""
     import bench_kv
     kernel, initrd = bench_kv.redis_images()
     pvm, svm, _ = start_pair(bed, vm_factory, workdir,
                              append="colo.redis=%d" % bench_kv.REDIS_PORT,
                              delay_ms=100,
+                             primary_args=["-msg", "timestamp=on",
+                                           "-trace", "colo_checkpoint_busy",
+                                           "-trace", "colo_checkpoint_stop"],
                              vm_kw={"kernel": kernel, "initrd": initrd,
                                     "tap_opts": bench_kv.TAP_OPTS})
     bench_kv.wait_redis(bed)
@@ -209,6 +223,20 @@ def test_input_kept_across_checkpoints(bed, vm_factory, workdir):
     assert timeouts == 0, timeouts
     assert colo_status(pvm)["mode"] == "primary"
     assert colo_status(svm)["mode"] == "secondary"
+
+    with open(pvm.stderr_path) as f:
+        log = f.read()
+    stops = {int(seq): float(t) for t, seq in STOP_RE.findall(log)}
+    busy = [(int(seq), int(run_us)) for _, seq, run_us in BUSY_RE.findall(log)
+            if int(seq) + 1 in stops and int(seq) in stops]
+    print("busy: %d of %d checkpoints" % (len(busy), len(stops)))
+    assert len(busy) >= n // 10, (len(busy), n)
+    for seq, run_us in busy:
+        assert 0 < run_us <= 3000, (seq, run_us)
+        # The stop traces come after the drain: N+1's stop is at least
+        # N's resume plus the run, and N's resume is after N's stop.
+        gap_us = (stops[seq + 1] - stops[seq]) * 1e6
+        assert gap_us >= run_us - 1, (seq, run_us, gap_us)
 
 
 FAULTS = {
