@@ -43,9 +43,11 @@ typedef struct ColoPrimary {
     QEMUFile *to;               /* forward channel */
     QEMUFile *from;             /* return channel */
     ColoAcks acks;              /* checkpoints sent and acknowledged */
-    ColoBuf ram;                /* checkpoint: be64 RAM length + records */
+    ColoBuf ram;                /* RAM records as captured */
     ColoRamStats ram_stats;     /* of the records in ram */
     ColoRamCapture *capture;
+    ColoBuf sent;               /* checkpoint: be64 RAM length + records */
+    ColoRamDelta *delta;        /* what the secondary holds */
     int64_t precopy_due_us;     /* the next pre-copy pass */
     int64_t output_not_before_us; /* a busy guest's output waits for this */
     ColoBuf reply;              /* last message from the secondary */
@@ -136,11 +138,10 @@ static void colo_primary_stop_drain(RunState state, bool announce)
 #define COLO_PRECOPY_INTERVAL_US 10000
 #define COLO_PRECOPY_MARGIN_US 3000
 
-/* Start the next checkpoint's RAM part: its length comes first. */
+/* Start the next checkpoint's RAM part. */
 static void colo_primary_ram_reset(ColoPrimary *p, int64_t now)
 {
     p->ram.len = 0;
-    colo_buf_append(&p->ram, &(uint64_t){ 0 }, sizeof(uint64_t));
     memset(&p->ram_stats, 0, sizeof(p->ram_stats));
     p->precopy_due_us = now + COLO_PRECOPY_INTERVAL_US;
 }
@@ -255,9 +256,13 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
                                  t_ram - t_stopped, t_devices - t_ram,
                                  t_resume - t_devices);
 
-    stq_be_p(p->ram.data, p->ram.len - 8);
-    iov[0].iov_base = p->ram.data;
-    iov[0].iov_len = p->ram.len;
+    /* Pages as changes of what the secondary holds; the length first. */
+    p->sent.len = 0;
+    colo_buf_append(&p->sent, &(uint64_t){ 0 }, sizeof(uint64_t));
+    colo_ram_delta_encode(p->delta, p->ram.data, p->ram.len, &p->sent);
+    stq_be_p(p->sent.data, p->sent.len - 8);
+    iov[0].iov_base = p->sent.data;
+    iov[0].iov_len = p->sent.len;
     iov[1].iov_base = bioc->data;
     iov[1].iov_len = bioc->usage;
     if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 2, errp)) {
@@ -430,6 +435,7 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
 
     colo_state_enter(COLO_MODE_PRIMARY, p->to, p->from);
     p->capture = colo_ram_capture_new();
+    p->delta = colo_ram_delta_new();
     colo_primary_ram_reset(p, qemu_clock_get_us(QEMU_CLOCK_REALTIME));
     if (qatomic_read(&colo_state.exit_requested)) {
         /* Cancelled between the migration's end and here. */
@@ -579,6 +585,8 @@ bool colo_primary_run(MigrationState *s)
     }
     colo_buf_free(&p.ram);
     colo_ram_capture_free(p.capture);
+    colo_buf_free(&p.sent);
+    colo_ram_delta_free(p.delta);
     colo_buf_free(&p.reply);
     qemu_sem_post(&colo_state.primary_exited);
     return p.resumed;

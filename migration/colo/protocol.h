@@ -35,7 +35,7 @@
 #define COLO_MSG_TRAILER_SIZE 4
 
 /* Bumped on any incompatible change of the exchange or the formats. */
-#define COLO_PROTOCOL_VERSION 3
+#define COLO_PROTOCOL_VERSION 4
 
 typedef enum ColoMsgType {
     /* secondary -> primary: ready, with its RAM layout (ram.h) */

@@ -18,6 +18,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/bitmap.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
 #include "qemu/rcu.h"
@@ -27,21 +28,6 @@
 #include "migration/ram.h"
 #include "ram.h"
 #include "trace.h"
-
-typedef struct ColoRamRecord {
-    ColoRamRecordKind kind;
-    uint16_t block;
-    uint32_t npages;
-    uint64_t offset;
-} ColoRamRecord;
-
-static void colo_ram_record_decode(const uint8_t *p, ColoRamRecord *rec)
-{
-    rec->kind = p[0];
-    rec->block = lduw_be_p(p + 2);
-    rec->npages = ldl_be_p(p + 4);
-    rec->offset = ldq_be_p(p + 8);
-}
 
 /* The blocks of the layout, indexed as the records name them. */
 static GPtrArray *colo_ram_blocks(void)
@@ -55,25 +41,42 @@ static GPtrArray *colo_ram_blocks(void)
     return blocks;
 }
 
+/* The pages of @rb already named by a record of the checkpoint. */
+static unsigned long *colo_ram_seen(GPtrArray *seen, unsigned int block,
+                                    RAMBlock *rb)
+{
+    if (!g_ptr_array_index(seen, block)) {
+        g_ptr_array_index(seen, block) =
+            bitmap_new(rb->used_length >> TARGET_PAGE_BITS);
+    }
+    return g_ptr_array_index(seen, block);
+}
+
 bool colo_ram_cache_check(const uint8_t *buf, size_t len, Error **errp)
 {
     g_autoptr(GPtrArray) blocks = NULL;
+    g_autoptr(GPtrArray) seen = NULL;
     size_t pos = 0;
 
     RCU_READ_LOCK_GUARD();
     blocks = colo_ram_blocks();
+    seen = g_ptr_array_new_full(blocks->len, g_free);
+    g_ptr_array_set_size(seen, blocks->len);
     while (pos < len) {
         ColoRamRecord rec;
         RAMBlock *rb;
         uint64_t bytes;
+        unsigned long *pages;
+        size_t used;
 
         if (len - pos < COLO_RAM_RECORD_SIZE) {
             error_setg(errp, "COLO checkpoint: RAM record truncated");
             return false;
         }
-        colo_ram_record_decode(buf + pos, &rec);
+        colo_ram_record_get(buf + pos, &rec);
         pos += COLO_RAM_RECORD_SIZE;
-        if (rec.kind != COLO_RAM_PAGES && rec.kind != COLO_RAM_ZERO) {
+        if (rec.kind != COLO_RAM_PAGES && rec.kind != COLO_RAM_ZERO &&
+            rec.kind != COLO_RAM_DELTA) {
             error_setg(errp, "COLO checkpoint: unknown RAM record kind %u",
                        rec.kind);
             return false;
@@ -91,13 +94,28 @@ bool colo_ram_cache_check(const uint8_t *buf, size_t len, Error **errp)
                        " RAM block %s", rec.offset, rec.npages, rb->idstr);
             return false;
         }
+        pages = colo_ram_seen(seen, rec.block, rb);
         if (rec.kind == COLO_RAM_PAGES) {
             if (len - pos < bytes) {
                 error_setg(errp, "COLO checkpoint: RAM contents truncated");
                 return false;
             }
             pos += bytes;
+        } else if (rec.kind == COLO_RAM_DELTA) {
+            /* Its base must be the SVM's page as it is now. */
+            if (test_bit(rec.offset >> TARGET_PAGE_BITS, pages)) {
+                error_setg(errp, "COLO checkpoint: a delta of page 0x%"
+                           PRIx64 " of RAM block %s after another record of "
+                           "it", rec.offset, rb->idstr);
+                return false;
+            }
+            if (!colo_ram_delta_check(rb, &rec, buf + pos, len - pos, &used,
+                                      errp)) {
+                return false;
+            }
+            pos += used;
         }
+        bitmap_set(pages, rec.offset >> TARGET_PAGE_BITS, rec.npages);
     }
     return true;
 }
@@ -116,7 +134,7 @@ void colo_ram_cache_flush(const uint8_t *buf, size_t len, ColoRamStats *stats)
         uint8_t *host;
         uint64_t bytes;
 
-        colo_ram_record_decode(buf + pos, &rec);
+        colo_ram_record_get(buf + pos, &rec);
         pos += COLO_RAM_RECORD_SIZE;
         rb = g_ptr_array_index(blocks, rec.block);
         host = rb->host + rec.offset;
@@ -124,6 +142,9 @@ void colo_ram_cache_flush(const uint8_t *buf, size_t len, ColoRamStats *stats)
         if (rec.kind == COLO_RAM_PAGES) {
             memcpy(host, buf + pos, bytes);
             pos += bytes;
+        } else if (rec.kind == COLO_RAM_DELTA) {
+            pos += colo_ram_delta_apply(rb, &rec, buf + pos);
+            stats->deltas++;
         } else {
             for (uint64_t o = 0; o < bytes; o += TARGET_PAGE_SIZE) {
                 if (!buffer_is_zero(host + o, TARGET_PAGE_SIZE)) {
@@ -137,5 +158,6 @@ void colo_ram_cache_flush(const uint8_t *buf, size_t len, ColoRamStats *stats)
         cpu_physical_memory_set_dirty_range(rb->offset + rec.offset, bytes,
                                             DIRTY_CLIENTS_NOCODE);
     }
-    trace_colo_ram_cache_flush(stats->pages, stats->zero_pages);
+    trace_colo_ram_cache_flush(stats->pages, stats->zero_pages,
+                               stats->deltas);
 }

@@ -109,20 +109,6 @@ void colo_ram_capture_free(ColoRamCapture *cap)
     g_free(cap);
 }
 
-static void colo_ram_put_record(ColoBuf *out, ColoRamRecordKind kind,
-                                uint16_t block, uint64_t first,
-                                uint32_t npages)
-{
-    uint8_t rec[COLO_RAM_RECORD_SIZE];
-
-    rec[0] = kind;
-    rec[1] = 0;
-    stw_be_p(rec + 2, block);
-    stl_be_p(rec + 4, npages);
-    stq_be_p(rec + 8, first << TARGET_PAGE_BITS);
-    colo_buf_append(out, rec, sizeof(rec));
-}
-
 /*
  * Append pages [start, end) of @rb: runs of zero pages as ZERO records,
  * runs of other pages as PAGES records with their contents.
@@ -151,8 +137,9 @@ static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
             }
             next++;
         }
-        colo_ram_put_record(out, zero ? COLO_RAM_ZERO : COLO_RAM_PAGES,
-                            index, page, next - page);
+        colo_ram_record_put(out, zero ? COLO_RAM_ZERO : COLO_RAM_PAGES,
+                            index, (uint64_t)page << TARGET_PAGE_BITS,
+                            next - page);
         if (zero) {
             stats->zero_pages += next - page;
         } else {

@@ -26,6 +26,8 @@ them while no checkpoint is on the way:
     forge HEX  replace it with a well-framed one (same checkpoint number,
                valid checksums) that carries no RAM and the device state
                HEX: a hostile or broken primary
+    forge-ram HEX
+               the same, carrying the RAM records HEX and no device state
     reset      forward it whole, wait until the secondary's kernel has it,
                then reset the secondary's connection before the secondary
                acknowledges it; answers "reset SEQ", or "late" if the
@@ -176,7 +178,7 @@ def main(argv):
                 elif cmd == "count":
                     r.sendall(b"%d\n" % forwarded)
                     continue
-                elif cmd in ("forge", "reset"):
+                elif cmd in ("forge", "forge-ram", "reset"):
                     armed = (cmd, arg, r)
                     continue
                 r.sendall(b"ok\n")
@@ -232,9 +234,11 @@ def on_checkpoint(armed, held, src, dst):
     end = at + COLO_HEADER + length + COLO_TRAILER
     if len(held) < end:
         return None
-    if cmd == "forge":
-        msg = colo_message(COLO_CHECKPOINT, seq,
-                           struct.pack(">Q", 0) + bytes.fromhex(arg))
+    if cmd in ("forge", "forge-ram"):
+        forged = bytes.fromhex(arg)
+        body = (struct.pack(">Q", len(forged)) + forged if cmd == "forge-ram"
+                else struct.pack(">Q", 0) + forged)
+        msg = colo_message(COLO_CHECKPOINT, seq, body)
         dst.sendall(held[:at] + msg + held[end:])
         return len(held) - (end - at) + len(msg), "ok"
     # reset: everything up to the end of the checkpoint, nothing after.

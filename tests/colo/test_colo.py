@@ -12,7 +12,8 @@
                (the primary looks dead) makes the secondary take over; a
                corrupt one (the primary is alive) leaves it down.
   hostile      a well-framed checkpoint whose device state is a migration
-               command: refused, the secondary stays down.
+               command, or whose page change is against another page or
+               does not decode: refused, the secondary stays down.
   filter       the output-commit filter cannot be deleted by hand; a deleted
                netdev takes it along safely.
   stop_cont    cont and stop are refused on a secondary in COLO; a primary
@@ -315,12 +316,11 @@ def test_broken_stream(fault, bed, vm_factory, workdir, counter):
 HOSTILE_DEVICE_STATE = "08" "0002" "0004" "12345678" "00"
 
 
-def test_hostile_device_state(bed, vm_factory, workdir, counter):
-    """A checkpoint's device state is loaded as whole device sections only:
-    a command in it is refused, and the secondary stays down.  The devices
-    are loaded lazily (once 100 ms have passed since the last load, or at
-    the next heartbeat when nothing else comes, as here): the refusal
-    comes then, not at some later failover."""
+def forge_refused(bed, vm_factory, workdir, counter, command, check):
+    """Replace the next checkpoint by the proxy's COMMAND (a forged one);
+    the secondary must refuse it and stay down, the primary serve on.
+    CHECK(svm, n, t_forged) asserts what the case adds; N is the
+    secondary's checkpoint count before the forgery."""
     pvm, svm, proxy = start_pair(bed, vm_factory, workdir, delay_ms=100,
                                  via_proxy=True)
     try:
@@ -331,17 +331,13 @@ def test_hostile_device_state(bed, vm_factory, workdir, counter):
         wait_until(lambda: checkpoints(pvm) == checkpoints(svm), 30,
                    "no checkpoint in flight")
         n = checkpoints(svm)
-        conn = proxy.arm("forge " + HOSTILE_DEVICE_STATE)
+        conn = proxy.arm(command)
         pvm.qmp("x-colo-checkpoint")
         assert proxy.answer(conn) == "ok"
         t_forged = time.monotonic()
         ev = svm.wait_event("COLO_EXIT", 60)
         assert ev["data"] == {"mode": "secondary", "reason": "error"}
-        # Within a heartbeat (silence timeout / 10) and the test's own
-        # QMP round trips, not at some later failover.
-        assert time.monotonic() - t_forged < 5
-        # Its RAM (none) may be acknowledged; no later one is.
-        assert checkpoints(svm) in (n, n + 1)
+        check(svm, n, t_forged)
         with pytest.raises(Exception, match="without taking over"):
             svm.qmp("x-colo-lost-heartbeat")
         assert svm.qmp("query-status")["status"] == "colo"
@@ -352,6 +348,53 @@ def test_hostile_device_state(bed, vm_factory, workdir, counter):
         assert_client_ok(CounterLog(client.out))
     finally:
         proxy.close()
+
+
+def test_hostile_device_state(bed, vm_factory, workdir, counter):
+    """A checkpoint's device state is loaded as whole device sections only:
+    a command in it is refused, and the secondary stays down.  The devices
+    are loaded lazily (once 100 ms have passed since the last load, or at
+    the next heartbeat when nothing else comes, as here): the refusal
+    comes then, not at some later failover."""
+    def check(svm, n, t_forged):
+        # Within a heartbeat (silence timeout / 10) and the test's own
+        # QMP round trips, not at some later failover.
+        assert time.monotonic() - t_forged < 5
+        # Its RAM (none) may be acknowledged; no later one is.
+        assert checkpoints(svm) in (n, n + 1)
+    forge_refused(bed, vm_factory, workdir, counter,
+                  "forge " + HOSTILE_DEVICE_STATE, check)
+
+
+# RAM records (migration/colo/ram.h) of a forged checkpoint: one DELTA of
+# the first page of the first block (pc.ram), whose change sets its first
+# byte.  "base": well encoded, but against a page whose CRC-32C is not the
+# SVM's (0); "garbled": its run of changed bytes is empty, which no XBZRLE
+# encoding has.
+DELTA_RECORD = "03" "00" "0000" "00000001" "0000000000000000"
+HOSTILE_DELTAS = {
+    "base": (DELTA_RECORD + "00000000" "00000003" "0001aa",
+             "is not the one the primary changed"),
+    "garbled": (DELTA_RECORD + "00000000" "00000002" "0000",
+                "does not decode"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_DELTAS))
+def test_hostile_delta(case, bed, vm_factory, workdir, counter):
+    """A page sent as a change (ram-delta.c) is checked against the SVM's
+    own page, and must decode, before anything of the checkpoint is
+    flushed: a delta against another page, or one that does not decode,
+    refuses the checkpoint (not acknowledged); the secondary stays down,
+    the primary serves on."""
+    records, message = HOSTILE_DELTAS[case]
+
+    def check(svm, n, t_forged):
+        assert checkpoints(svm) == n
+        with open(svm.stderr_path) as f:
+            assert message in f.read()
+    forge_refused(bed, vm_factory, workdir, counter, "forge-ram " + records,
+                  check)
 
 
 def test_output_filter_owned_by_colo(bed, vm_factory, workdir):
