@@ -46,7 +46,7 @@ typedef struct ColoPrimary {
     ColoBuf ram;                /* RAM records as captured */
     ColoRamStats ram_stats;     /* of the records in ram */
     ColoRamCapture *capture;
-    ColoBuf sent;               /* checkpoint: be64 RAM length + records */
+    ColoBuf sent;               /* RAM records as sent, if rewritten */
     ColoRamDelta *delta;        /* what the secondary holds */
     int64_t precopy_due_us;     /* the next pre-copy pass */
     int64_t output_not_before_us; /* a busy guest's output waits for this */
@@ -184,7 +184,9 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
     ColoOutputHoldTimes held = { 0 };
     bool was_live, ok;
     int64_t t_stop, t_stopped, t_ram = 0, t_devices = 0, t_resume, t_received;
-    struct iovec iov[2];
+    struct iovec iov[3];
+    const ColoBuf *ram;
+    uint64_t ram_len;
     uint64_t seq = p->acks.sent + 1;
 
     /*
@@ -258,14 +260,16 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
 
     /* Pages as changes of what the secondary holds; the length first. */
     p->sent.len = 0;
-    colo_buf_append(&p->sent, &(uint64_t){ 0 }, sizeof(uint64_t));
-    colo_ram_delta_encode(p->delta, p->ram.data, p->ram.len, &p->sent);
-    stq_be_p(p->sent.data, p->sent.len - 8);
-    iov[0].iov_base = p->sent.data;
-    iov[0].iov_len = p->sent.len;
-    iov[1].iov_base = bioc->data;
-    iov[1].iov_len = bioc->usage;
-    if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 2, errp)) {
+    ram = colo_ram_delta_encode(p->delta, p->ram.data, p->ram.len, &p->sent)
+          ? &p->sent : &p->ram;
+    ram_len = cpu_to_be64(ram->len);
+    iov[0].iov_base = &ram_len;
+    iov[0].iov_len = sizeof(ram_len);
+    iov[1].iov_base = ram->data;
+    iov[1].iov_len = ram->len;
+    iov[2].iov_base = bioc->data;
+    iov[2].iov_len = bioc->usage;
+    if (!colo_msg_send(p->to, COLO_MSG_CHECKPOINT, seq, iov, 3, errp)) {
         return false;
     }
     ram_stats = p->ram_stats;
@@ -287,11 +291,11 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * loads this one; its LOADED is read on the way to the next RECEIVED.
      */
     colo_stats_add(t_resume - t_stop,
-                   iov_size(iov, 2) + COLO_MSG_HEADER_SIZE +
+                   iov_size(iov, 3) + COLO_MSG_HEADER_SIZE +
                    COLO_MSG_TRAILER_SIZE,
                    ram_stats.pages, t_received - t_stop);
     colo_stats_add_output(cause, held.packets, held.total_us, held.max_us);
-    trace_colo_checkpoint_done(seq, iov_size(iov, 2), ram_stats.pages,
+    trace_colo_checkpoint_done(seq, iov_size(iov, 3), ram_stats.pages,
                                ram_stats.precopied, t_received - t_stop);
     return true;
 }

@@ -32,6 +32,7 @@
 #include "qemu/bswap.h"
 #include "qemu/rcu.h"
 #include "qemu/timer.h"
+#include "qemu/units.h"
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
 #include "migration/misc.h"
@@ -135,14 +136,41 @@ static void colo_raw_run_flush(ColoRawRun *run, ColoBuf *out)
     }
 }
 
+/*
+ * A page sent as it is becomes known only within a budget per checkpoint:
+ * the first write of a shadow page faults it in (about 30 us a page here),
+ * and a checkpoint of a whole RAM's pages, such as the first after the
+ * initial migration, must not keep the primary from the secondary for
+ * seconds before it is sent.  Pages past the budget are learnt the next
+ * time they are sent.
+ */
+#define COLO_RAM_DELTA_LEARN_MAX 2048
+
+/*
+ * A checkpoint with more captured RAM than this goes as it is: rewriting
+ * it would copy it whole once more (on this host, faulting in a buffer of
+ * that size took seconds for 200 MB), while what deltas save on it is
+ * small next to its transfer.
+ */
+#define COLO_RAM_DELTA_INPUT_MAX (16 * MiB)
+
+/* One pass of colo_ram_delta_encode(). */
+typedef struct ColoDeltaPass {
+    ColoBuf *out;
+    ColoRawRun run;
+    uint64_t deltas;            /* pages sent as deltas */
+    uint64_t unchanged;         /* pages left out */
+    uint64_t learnt;            /* pages sent as they are, now known */
+} ColoDeltaPass;
+
 /* One captured page of a PAGES record: as a delta, as it is, or not. */
-static void colo_ram_delta_page(ColoRamShadow *s, ColoRawRun *run,
+static void colo_ram_delta_page(ColoRamShadow *s, ColoDeltaPass *pass,
                                 uint16_t block, uint64_t offset,
-                                const uint8_t *data, ColoBuf *out,
-                                uint64_t *deltas, uint64_t *unchanged)
+                                const uint8_t *data)
 {
     unsigned long page = offset >> TARGET_PAGE_BITS;
     uint8_t *shadow = s->pages + offset;
+    ColoRawRun *run = &pass->run;
     uint8_t enc[TARGET_PAGE_SIZE];
     int n = -1;
 
@@ -155,21 +183,25 @@ static void colo_ram_delta_page(ColoRamShadow *s, ColoRawRun *run,
                                  enc, TARGET_PAGE_SIZE - COLO_RAM_DELTA_SIZE);
     }
     if (n == 0) {
-        (*unchanged)++;
+        pass->unchanged++;
         return;
     }
+    set_bit(page, s->recorded);
     if (n > 0) {
-        colo_raw_run_flush(run, out);
-        colo_ram_record_put(out, COLO_RAM_DELTA, block, offset, 1);
-        colo_buf_append(out, &(uint32_t){
+        colo_raw_run_flush(run, pass->out);
+        colo_ram_record_put(pass->out, COLO_RAM_DELTA, block, offset, 1);
+        colo_buf_append(pass->out, &(uint32_t){
                             cpu_to_be32(colo_msg_crc(0, shadow,
                                                      TARGET_PAGE_SIZE)) },
                         sizeof(uint32_t));
-        colo_buf_append(out, &(uint32_t){ cpu_to_be32(n) },
+        colo_buf_append(pass->out, &(uint32_t){ cpu_to_be32(n) },
                         sizeof(uint32_t));
-        colo_buf_append(out, enc, n);
-        (*deltas)++;
-    } else {
+        colo_buf_append(pass->out, enc, n);
+        memcpy(shadow, data, TARGET_PAGE_SIZE);
+        pass->deltas++;
+        return;
+    }
+    {
         size_t run_bytes = (size_t)run->npages << TARGET_PAGE_BITS;
 
         /* A run goes on in guest memory and in the captured records. */
@@ -177,26 +209,56 @@ static void colo_ram_delta_page(ColoRamShadow *s, ColoRawRun *run,
                             run->offset + run_bytes != offset ||
                             run->data + run_bytes != data ||
                             run->npages == UINT32_MAX)) {
-            colo_raw_run_flush(run, out);
+            colo_raw_run_flush(run, pass->out);
         }
         if (!run->npages) {
             *run = (ColoRawRun) { block, offset, 0, data };
         }
         run->npages++;
     }
-    memcpy(shadow, data, TARGET_PAGE_SIZE);
-    set_bit(page, s->known);
-    set_bit(page, s->recorded);
+    if (pass->learnt < COLO_RAM_DELTA_LEARN_MAX) {
+        memcpy(shadow, data, TARGET_PAGE_SIZE);
+        set_bit(page, s->known);
+        pass->learnt++;
+    } else {
+        clear_bit(page, s->known);
+    }
 }
 
-void colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
+/* Forget the pages of the records @in: the secondary gets them as they are. */
+static void colo_ram_delta_forget(ColoRamDelta *d, const uint8_t *in,
+                                  size_t len)
+{
+    for (size_t pos = 0; pos < len;) {
+        ColoRamRecord rec;
+
+        colo_ram_record_get(in + pos, &rec);
+        pos += COLO_RAM_RECORD_SIZE;
+        if (rec.kind == COLO_RAM_PAGES) {
+            pos += (size_t)rec.npages << TARGET_PAGE_BITS;
+        }
+        if (rec.block < d->nblocks &&
+            rec.offset + ((uint64_t)rec.npages << TARGET_PAGE_BITS) <=
+            d->blocks[rec.block].size) {
+            bitmap_clear(d->blocks[rec.block].known,
+                         rec.offset >> TARGET_PAGE_BITS, rec.npages);
+        }
+    }
+}
+
+bool colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
                            ColoBuf *out)
 {
     int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
-    uint64_t deltas = 0, unchanged = 0;
+    ColoDeltaPass pass = { .out = out };
     size_t out_start = out->len;
-    ColoRawRun run = { 0 };
     size_t pos = 0;
+
+    if (len > COLO_RAM_DELTA_INPUT_MAX) {
+        colo_ram_delta_forget(d, in, len);
+        trace_colo_ram_delta_skipped(len);
+        return false;
+    }
 
     /* The capture's own records: whole, in bounds, known blocks. */
     while (pos < len) {
@@ -218,20 +280,17 @@ void colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
         if (rec.kind == COLO_RAM_ZERO || !s) {
             uint64_t bytes = (uint64_t)rec.npages << TARGET_PAGE_BITS;
 
-            colo_raw_run_flush(&run, out);
+            colo_raw_run_flush(&pass.run, out);
             colo_buf_append(out, in + pos - COLO_RAM_RECORD_SIZE,
                             COLO_RAM_RECORD_SIZE);
-            if (rec.kind == COLO_RAM_ZERO) {
-                if (s) {
-                    memset(s->pages + rec.offset, 0, bytes);
-                }
-            } else {
+            if (rec.kind == COLO_RAM_PAGES) {
                 colo_buf_append(out, in + pos, bytes);
                 pos += bytes;
             }
             if (s) {
-                bitmap_set(s->known, rec.offset >> TARGET_PAGE_BITS,
-                           rec.npages);
+                /* Zero pages are cheap as they are: not learnt. */
+                bitmap_clear(s->known, rec.offset >> TARGET_PAGE_BITS,
+                             rec.npages);
                 bitmap_set(s->recorded, rec.offset >> TARGET_PAGE_BITS,
                            rec.npages);
             }
@@ -240,13 +299,12 @@ void colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
         for (uint32_t i = 0; i < rec.npages; i++) {
             uint64_t offset = rec.offset + ((uint64_t)i << TARGET_PAGE_BITS);
 
-            colo_ram_delta_page(s, &run, rec.block, offset,
-                                in + pos + ((size_t)i << TARGET_PAGE_BITS),
-                                out, &deltas, &unchanged);
+            colo_ram_delta_page(s, &pass, rec.block, offset,
+                                in + pos + ((size_t)i << TARGET_PAGE_BITS));
         }
         pos += (size_t)rec.npages << TARGET_PAGE_BITS;
     }
-    colo_raw_run_flush(&run, out);
+    colo_raw_run_flush(&pass.run, out);
 
     /* The next checkpoint has no record of anything yet. */
     for (pos = 0; pos < len;) {
@@ -264,9 +322,11 @@ void colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
                          rec.offset >> TARGET_PAGE_BITS, rec.npages);
         }
     }
-    trace_colo_ram_delta_encode(deltas, unchanged, len, out->len - out_start,
+    trace_colo_ram_delta_encode(pass.deltas, pass.unchanged, pass.learnt, len,
+                                out->len - out_start,
                                 qemu_clock_get_us(QEMU_CLOCK_REALTIME) -
                                 start);
+    return true;
 }
 
 bool colo_ram_delta_check(RAMBlock *rb, const ColoRamRecord *rec,

@@ -99,10 +99,11 @@ void colo_ram_delta_free(ColoRamDelta *d);
 /*
  * Primary, VM running: append to @out the RAM records @in (@len bytes, as
  * the capture took them) with each page the secondary holds a known copy
- * of as a DELTA, or left out if unchanged.  Call once per checkpoint, for
- * every checkpoint sent.
+ * of as a DELTA, or left out if unchanged.  Returns false, with nothing
+ * appended, when @in is to be sent as it is (a large checkpoint).  Call
+ * once per checkpoint, for every checkpoint sent.
  */
-void colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
+bool colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
                            ColoBuf *out);
 
 /*

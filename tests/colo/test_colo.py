@@ -536,8 +536,10 @@ def test_output_driven(bed, vm_factory, workdir, counter, results_dir):
         (out1, out2, n2 - n1)
     assert out1["by-period"] >= 3, out1
     # Each of the 100 replies is at least one held packet; the first may
-    # have been released between t1 and the reading of out1.
-    assert out2["held-packets"] >= out1["held-packets"] + 99, (out1, out2)
+    # have been released between t1 and the reading of out1, and the last
+    # may have reached the client before its release was counted (the
+    # count follows the release).
+    assert out2["held-packets"] >= out1["held-packets"] + 98, (out1, out2)
     assert out2["in-flight"] <= 2, out2
     info = pvm.hmp("info colo")
     assert "checkpoints by cause: period" in info and "output held:" in info
