@@ -225,22 +225,30 @@ static void colo_ram_delta_page(ColoRamShadow *s, ColoDeltaPass *pass,
     }
 }
 
-/* Forget the pages of the records @in: the secondary gets them as they are. */
-static void colo_ram_delta_forget(ColoRamDelta *d, const uint8_t *in,
-                                  size_t len)
+/*
+ * Clear the pages of the records @in in each shadow's @known bitmap
+ * (forgotten), or else in its recorded one (free for the next
+ * checkpoint).
+ */
+static void colo_ram_delta_clear(ColoRamDelta *d, const uint8_t *in,
+                                 size_t len, bool known)
 {
     for (size_t pos = 0; pos < len;) {
         ColoRamRecord rec;
+        ColoRamShadow *s;
 
         colo_ram_record_get(in + pos, &rec);
         pos += COLO_RAM_RECORD_SIZE;
         if (rec.kind == COLO_RAM_PAGES) {
             pos += (size_t)rec.npages << TARGET_PAGE_BITS;
         }
-        if (rec.block < d->nblocks &&
-            rec.offset + ((uint64_t)rec.npages << TARGET_PAGE_BITS) <=
-            d->blocks[rec.block].size) {
-            bitmap_clear(d->blocks[rec.block].known,
+        if (rec.block >= d->nblocks) {
+            continue;
+        }
+        s = &d->blocks[rec.block];
+        if (rec.offset + ((uint64_t)rec.npages << TARGET_PAGE_BITS) <=
+            s->size) {
+            bitmap_clear(known ? s->known : s->recorded,
                          rec.offset >> TARGET_PAGE_BITS, rec.npages);
         }
     }
@@ -255,7 +263,7 @@ bool colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
     size_t pos = 0;
 
     if (len > COLO_RAM_DELTA_INPUT_MAX) {
-        colo_ram_delta_forget(d, in, len);
+        colo_ram_delta_clear(d, in, len, true);
         trace_colo_ram_delta_skipped(len);
         return false;
     }
@@ -307,21 +315,7 @@ bool colo_ram_delta_encode(ColoRamDelta *d, const uint8_t *in, size_t len,
     colo_raw_run_flush(&pass.run, out);
 
     /* The next checkpoint has no record of anything yet. */
-    for (pos = 0; pos < len;) {
-        ColoRamRecord rec;
-
-        colo_ram_record_get(in + pos, &rec);
-        pos += COLO_RAM_RECORD_SIZE;
-        if (rec.kind == COLO_RAM_PAGES) {
-            pos += (size_t)rec.npages << TARGET_PAGE_BITS;
-        }
-        if (rec.block < d->nblocks &&
-            rec.offset + ((uint64_t)rec.npages << TARGET_PAGE_BITS) <=
-            d->blocks[rec.block].size) {
-            bitmap_clear(d->blocks[rec.block].recorded,
-                         rec.offset >> TARGET_PAGE_BITS, rec.npages);
-        }
-    }
+    colo_ram_delta_clear(d, in, len, false);
     trace_colo_ram_delta_encode(pass.deltas, pass.unchanged, pass.learnt, len,
                                 out->len - out_start,
                                 qemu_clock_get_us(QEMU_CLOCK_REALTIME) -
