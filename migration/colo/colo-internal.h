@@ -38,6 +38,17 @@ typedef struct ColoStats {
     uint64_t in_flight;
 } ColoStats;
 
+/*
+ * "stop" or "cont" from the user while COLO holds the VM stopped (run
+ * state "colo"): the run state to give it back, instead of the one it
+ * had before COLO stopped it.  The last of them wins.
+ */
+typedef enum ColoRunRequest {
+    COLO_RUN_AS_BEFORE,
+    COLO_RUN_PAUSED,
+    COLO_RUN_RUNNING,
+} ColoRunRequest;
+
 typedef struct ColoState {
     /* Protects mode, last_mode, reason, stats and the channel. */
     QemuMutex lock;
@@ -58,7 +69,7 @@ typedef struct ColoState {
     bool guest_shutdown;        /* the guest powered off: both sides end */
     bool quitting;              /* this QEMU exits: it will not serve */
     bool cancel_requested;      /* migrate_cancel: leave, tell the peer */
-    bool stop_requested;        /* "stop" inside a checkpoint's stop */
+    int run_request;            /* ColoRunRequest */
     /* x-colo-arbitrated, as it was when this session began. */
     bool arbitrated;
     QemuSemaphore kick;
@@ -69,6 +80,9 @@ typedef struct ColoState {
 } ColoState;
 
 extern ColoState colo_state;
+
+/* The run state asked for while COLO held the VM stopped; reset it. */
+ColoRunRequest colo_state_take_run_request(void);
 
 /* Enter COLO as @mode with the replication channel @to / @from. */
 void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from);

@@ -322,7 +322,12 @@ void colo_shutdown(void)
     bql_lock();
 }
 
-void colo_stop_request(Error **errp)
+ColoRunRequest colo_state_take_run_request(void)
+{
+    return qatomic_xchg(&colo_state.run_request, COLO_RUN_AS_BEFORE);
+}
+
+static void colo_run_request(ColoRunRequest request, Error **errp)
 {
     /*
      * A primary's outgoing migration is in COLO state from the initial
@@ -333,7 +338,17 @@ void colo_stop_request(Error **errp)
         error_setg(errp, "The VM is stopped by COLO");
         return;
     }
-    qatomic_set(&colo_state.stop_requested, true);
+    qatomic_set(&colo_state.run_request, request);
+}
+
+void colo_stop_request(Error **errp)
+{
+    colo_run_request(COLO_RUN_PAUSED, errp);
+}
+
+void colo_cont_request(Error **errp)
+{
+    colo_run_request(COLO_RUN_RUNNING, errp);
 }
 
 /*
@@ -357,11 +372,11 @@ void migrate_start_colo_process(MigrationState *s)
 
     /*
      * The VM stopped for the migration's end; from here until COLO gives
-     * it its run state back, it is stopped by COLO: a "stop" meanwhile is
-     * kept for later (colo_stop_request()), a "cont" is refused.  In run
-     * state finish-migrate, a "stop" would be ignored and then undone.
+     * it its run state back, it is stopped by COLO: a "stop" or "cont"
+     * meanwhile is kept for later (colo_stop_request()).  In run state
+     * finish-migrate, a "stop" would be ignored and then undone.
      */
-    qatomic_set(&colo_state.stop_requested, false);
+    qatomic_set(&colo_state.run_request, COLO_RUN_AS_BEFORE);
     if (runstate_check(RUN_STATE_FINISH_MIGRATE)) {
         runstate_set(RUN_STATE_COLO);
     }
@@ -372,13 +387,20 @@ void migrate_start_colo_process(MigrationState *s)
      * What the migration's end restores, read under the BQL it holds
      * until then, so that no "stop" falls in between: the run state COLO
      * left the VM in; for a VM that COLO never gave its state back, the
-     * one before migrate, or paused if a "stop" came meanwhile.
+     * one before migrate, or the one a "stop" or "cont" asked for since.
      */
     if (resumed) {
         s->vm_old_state = runstate_get();
     } else if (runstate_check(RUN_STATE_COLO)) {
-        if (qatomic_xchg(&colo_state.stop_requested, false)) {
+        switch (colo_state_take_run_request()) {
+        case COLO_RUN_PAUSED:
             s->vm_old_state = RUN_STATE_PAUSED;
+            break;
+        case COLO_RUN_RUNNING:
+            s->vm_old_state = RUN_STATE_RUNNING;
+            break;
+        default:
+            break;
         }
         if (!runstate_is_live(s->vm_old_state)) {
             runstate_set(s->vm_old_state);

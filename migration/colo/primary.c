@@ -240,14 +240,25 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * The next checkpoint captures whatever the VM does from here on;
      * whatever it emits meanwhile is held until this one is safe.
      */
-    if (qatomic_xchg(&colo_state.stop_requested, false)) {
+    switch (colo_state_take_run_request()) {
+    case COLO_RUN_PAUSED:
         /* "stop" arrived while the VM was stopped for this checkpoint. */
         runstate_set(RUN_STATE_PAUSED);
         if (was_live) {
             qapi_event_send_stop();
         }
-    } else if (was_live) {
-        vm_start_unannounced();
+        break;
+    case COLO_RUN_RUNNING:
+        /* "cont": on a VM that ran, announced as on a running one. */
+        if (was_live) {
+            qapi_event_send_stop();
+        }
+        vm_start();
+        break;
+    default:
+        if (was_live) {
+            vm_start_unannounced();
+        }
     }
     t_resume = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bql_unlock();
@@ -464,9 +475,14 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
          * As it was before the migration: a paused VM stays paused, and
          * so does one that was stopped since (migrate_start_colo_process()).
          */
-        if (qatomic_xchg(&colo_state.stop_requested, false)) {
+        switch (colo_state_take_run_request()) {
+        case COLO_RUN_PAUSED:
             runstate_set(RUN_STATE_PAUSED);
-        } else {
+            break;
+        case COLO_RUN_RUNNING:
+            vm_start();
+            break;
+        default:
             vm_resume(p->s->vm_old_state);
         }
         p->resumed = true;

@@ -52,6 +52,12 @@ void colo_stop_request(Error **errp)
     g_assert_not_reached();
 }
 
+void colo_cont_request(Error **errp)
+{
+    /* Run state "colo" is never entered. */
+    g_assert_not_reached();
+}
+
 void colo_cancel(void)
 {
     /* Never in COLO state, so never called. */
