@@ -215,6 +215,13 @@ START_TEST(test_crc32c)
                                    100003 - 4097),
                       colo_msg_crc(0, data, 100003));
     ck_assert_uint_eq(colo_msg_crc(0, data, 0), 0);
+    /* Around the runs summed side by side, at any alignment. */
+    for (size_t len = 760; len < 1560; len += 7) {
+        for (size_t off = 0; off < 8; off += 3) {
+            ck_assert_uint_eq(colo_msg_crc(0, data + off, len),
+                              crc32c(0xffffffff, data + off, len));
+        }
+    }
 }
 END_TEST
 
