@@ -144,6 +144,20 @@ run_qtest() {
         tail -n 30 "$results/test-vmstate.log"
         fail "unit/test-vmstate"
     fi
+    # The base's IDE tests: a request that failed under werror=stop is
+    # still restarted at cont (patches/ide-restart-bh-only-for-errors.patch).
+    if make --no-print-directory -C "$build/qemu" tests/qtest/ide-test \
+            > "$results/ide-test.log" 2>&1 &&
+       QTEST_QEMU_BINARY="$build/qemu/qemu-system-x86_64" \
+       QTEST_QEMU_IMG="$build/qemu/qemu-img" timeout 600 \
+           "$build/qemu/tests/qtest/ide-test" --tap >> "$results/ide-test.log" 2>&1 &&
+       grep -q '^ok .*/ide/flush/retry_pci' "$results/ide-test.log" &&
+       ! grep -q '^not ok' "$results/ide-test.log"; then
+        pass "qtest/ide-test"
+    else
+        tail -n 30 "$results/ide-test.log"
+        fail "qtest/ide-test"
+    fi
     for p in $COLO_QTESTS; do
         run_one_qtest "$p" without_kvm
     done
