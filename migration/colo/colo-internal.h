@@ -70,6 +70,7 @@ typedef struct ColoState {
     bool quitting;              /* this QEMU exits: it will not serve */
     bool cancel_requested;      /* migrate_cancel: leave, tell the peer */
     int run_request;            /* ColoRunRequest */
+    bool checkpoint_stopped_live; /* run state colo: a running VM (BQL) */
     /* x-colo-arbitrated, as it was when this session began. */
     bool arbitrated;
     QemuSemaphore kick;

@@ -14,6 +14,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-commands-migration.h"
 #include "qapi/qapi-events-migration.h"
+#include "qapi/qapi-events-run-state.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
 #include "qemu/module.h"
@@ -329,6 +330,8 @@ ColoRunRequest colo_state_take_run_request(void)
 
 static void colo_run_request(ColoRunRequest request, Error **errp)
 {
+    ColoRunRequest last;
+
     /*
      * A primary's outgoing migration is in COLO state from the initial
      * migration's end until the primary's loop ends, which covers every
@@ -338,7 +341,21 @@ static void colo_run_request(ColoRunRequest request, Error **errp)
         error_setg(errp, "The VM is stopped by COLO");
         return;
     }
-    qatomic_set(&colo_state.run_request, request);
+    last = qatomic_xchg(&colo_state.run_request, request);
+    /*
+     * Inside a checkpoint's stop of a running VM, announce each change as
+     * a stop or cont outside of one would, at once: several may come
+     * before the checkpoint resumes the VM, which then only follows the
+     * last.  The initial migration announced its own stop.
+     */
+    if (colo_state.checkpoint_stopped_live &&
+        (last == COLO_RUN_PAUSED) != (request == COLO_RUN_PAUSED)) {
+        if (request == COLO_RUN_PAUSED) {
+            qapi_event_send_stop();
+        } else {
+            qapi_event_send_resume();
+        }
+    }
 }
 
 void colo_stop_request(Error **errp)

@@ -208,8 +208,10 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * epoch must have reached both sides before the secondary takes the
      * checkpoint.  Completed is enough, durable is not needed: no flush.
      * Nor is the stop announced: it is a step of the checkpoint, not a
-     * change of run state (vm_stop_drain()).
+     * change of run state (vm_stop_drain()).  A "stop" or "cont" while
+     * it holds the VM is announced at once (colo_stop_request()).
      */
+    colo_state.checkpoint_stopped_live = was_live;
     colo_primary_stop_drain(RUN_STATE_COLO, false);
     t_stopped = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     trace_colo_checkpoint_stop(seq);
@@ -240,25 +242,12 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * The next checkpoint captures whatever the VM does from here on;
      * whatever it emits meanwhile is held until this one is safe.
      */
-    switch (colo_state_take_run_request()) {
-    case COLO_RUN_PAUSED:
-        /* "stop" arrived while the VM was stopped for this checkpoint. */
+    colo_state.checkpoint_stopped_live = false;
+    if (colo_state_take_run_request() == COLO_RUN_PAUSED) {
+        /* "stop" came while the VM was stopped for this checkpoint. */
         runstate_set(RUN_STATE_PAUSED);
-        if (was_live) {
-            qapi_event_send_stop();
-        }
-        break;
-    case COLO_RUN_RUNNING:
-        /* "cont": on a VM that ran, announced as on a running one. */
-        if (was_live) {
-            qapi_event_send_stop();
-        }
-        vm_start();
-        break;
-    default:
-        if (was_live) {
-            vm_start_unannounced();
-        }
+    } else if (was_live) {
+        vm_start_unannounced();
     }
     t_resume = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     bql_unlock();
