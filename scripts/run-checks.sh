@@ -122,6 +122,24 @@ run_one_qtest() {
     fi
 }
 
+# One of the base's test programs that a patch of ours touches: TARGET
+# is built and run whole, and its test PATH must be among those that pass.
+run_base_test() {
+    local target=$1 path=$2 name log
+    name=$(basename "$target")
+    log="$results/$name.log"
+    if make --no-print-directory -C "$build/qemu" "$target" > "$log" 2>&1 &&
+       QTEST_QEMU_BINARY="$build/qemu/qemu-system-x86_64" \
+       QTEST_QEMU_IMG="$build/qemu/qemu-img" timeout 600 \
+           "$build/qemu/$target" --tap >> "$log" 2>&1 &&
+       grep -q "^ok .*$path\$" "$log" && ! grep -q '^not ok' "$log"; then
+        pass "$target"
+    else
+        tail -n 30 "$log"
+        fail "$target"
+    fi
+}
+
 run_qtest() {
     local p
     if ! make --no-print-directory -j"$(nproc)" -C "$build/qemu" tests/qtest/migration-test \
@@ -135,29 +153,10 @@ run_qtest() {
     done
     # The base's VMState tests, with ours of the flat-struct save
     # (patches/vmstate-save-flat-struct-arrays.patch).
-    if make --no-print-directory -C "$build/qemu" tests/unit/test-vmstate \
-            > "$results/test-vmstate.log" 2>&1 &&
-       "$build/qemu/tests/unit/test-vmstate" --tap >> "$results/test-vmstate.log" 2>&1 &&
-       grep -q '^ok .*/vmstate/array/struct/flat/save' "$results/test-vmstate.log"; then
-        pass "unit/test-vmstate"
-    else
-        tail -n 30 "$results/test-vmstate.log"
-        fail "unit/test-vmstate"
-    fi
+    run_base_test tests/unit/test-vmstate /vmstate/array/struct/flat/save
     # The base's IDE tests: a request that failed under werror=stop is
     # still restarted at cont (patches/ide-restart-bh-only-for-errors.patch).
-    if make --no-print-directory -C "$build/qemu" tests/qtest/ide-test \
-            > "$results/ide-test.log" 2>&1 &&
-       QTEST_QEMU_BINARY="$build/qemu/qemu-system-x86_64" \
-       QTEST_QEMU_IMG="$build/qemu/qemu-img" timeout 600 \
-           "$build/qemu/tests/qtest/ide-test" --tap >> "$results/ide-test.log" 2>&1 &&
-       grep -q '^ok .*/ide/flush/retry_pci' "$results/ide-test.log" &&
-       ! grep -q '^not ok' "$results/ide-test.log"; then
-        pass "qtest/ide-test"
-    else
-        tail -n 30 "$results/ide-test.log"
-        fail "qtest/ide-test"
-    fi
+    run_base_test tests/qtest/ide-test /ide/flush/retry_pci
     for p in $COLO_QTESTS; do
         run_one_qtest "$p" without_kvm
     done

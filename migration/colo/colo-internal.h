@@ -8,6 +8,7 @@
 #define MIGRATION_COLO_INTERNAL_H
 
 #include "qapi/qapi-types-migration.h"
+#include "qapi/qapi-types-run-state.h"
 #include "qemu/thread.h"
 #include "qemu/timer.h"
 
@@ -82,8 +83,11 @@ typedef struct ColoState {
 
 extern ColoState colo_state;
 
-/* The run state asked for while COLO held the VM stopped; reset it. */
-ColoRunRequest colo_state_take_run_request(void);
+/*
+ * The run state a "stop" or "cont" asked for while COLO held the VM
+ * stopped, or @as_before if none did; the request is reset.
+ */
+RunState colo_state_take_run_state(RunState as_before);
 
 /* Enter COLO as @mode with the replication channel @to / @from. */
 void colo_state_enter(COLOMode mode, QEMUFile *to, QEMUFile *from);

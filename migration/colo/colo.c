@@ -323,9 +323,16 @@ void colo_shutdown(void)
     bql_lock();
 }
 
-ColoRunRequest colo_state_take_run_request(void)
+RunState colo_state_take_run_state(RunState as_before)
 {
-    return qatomic_xchg(&colo_state.run_request, COLO_RUN_AS_BEFORE);
+    switch (qatomic_xchg(&colo_state.run_request, COLO_RUN_AS_BEFORE)) {
+    case COLO_RUN_PAUSED:
+        return RUN_STATE_PAUSED;
+    case COLO_RUN_RUNNING:
+        return RUN_STATE_RUNNING;
+    default:
+        return as_before;
+    }
 }
 
 static void colo_run_request(ColoRunRequest request, Error **errp)
@@ -409,16 +416,7 @@ void migrate_start_colo_process(MigrationState *s)
     if (resumed) {
         s->vm_old_state = runstate_get();
     } else if (runstate_check(RUN_STATE_COLO)) {
-        switch (colo_state_take_run_request()) {
-        case COLO_RUN_PAUSED:
-            s->vm_old_state = RUN_STATE_PAUSED;
-            break;
-        case COLO_RUN_RUNNING:
-            s->vm_old_state = RUN_STATE_RUNNING;
-            break;
-        default:
-            break;
-        }
+        s->vm_old_state = colo_state_take_run_state(s->vm_old_state);
         if (!runstate_is_live(s->vm_old_state)) {
             runstate_set(s->vm_old_state);
         }

@@ -243,7 +243,7 @@ static bool colo_primary_checkpoint(ColoPrimary *p, ColoCheckpointCause cause,
      * whatever it emits meanwhile is held until this one is safe.
      */
     colo_state.checkpoint_stopped_live = false;
-    if (colo_state_take_run_request() == COLO_RUN_PAUSED) {
+    if (colo_state_take_run_state(runstate_get()) == RUN_STATE_PAUSED) {
         /* "stop" came while the VM was stopped for this checkpoint. */
         runstate_set(RUN_STATE_PAUSED);
     } else if (was_live) {
@@ -462,18 +462,10 @@ static bool colo_primary_start(ColoPrimary *p, Error **errp)
     if (ok) {
         /*
          * As it was before the migration: a paused VM stays paused, and
-         * so does one that was stopped since (migrate_start_colo_process()).
+         * the one a "stop" or "cont" asked for since wins
+         * (migrate_start_colo_process()).
          */
-        switch (colo_state_take_run_request()) {
-        case COLO_RUN_PAUSED:
-            runstate_set(RUN_STATE_PAUSED);
-            break;
-        case COLO_RUN_RUNNING:
-            vm_start();
-            break;
-        default:
-            vm_resume(p->s->vm_old_state);
-        }
+        vm_resume(colo_state_take_run_state(p->s->vm_old_state));
         p->resumed = true;
     }
     bql_unlock();
