@@ -22,8 +22,9 @@
                COLO does not resume it.
   shutdown     a guest that powers off in COLO takes both QEMUs down cleanly.
   precopy      with hot memory, most dirty pages are copied while the VM
-               runs; the pages written again are copied at the stop, and
-               the memories are equal.
+               runs, those written again over their copy; the pages written
+               since the last pass are copied at the stop, and the memories
+               are equal.
   input        50 redis clients, output-driven: the checkpoints' stops
                lose none of the clients' packets (no TCP timeout); the
                guest is busy, so its checkpoints are spaced.
@@ -141,14 +142,12 @@ DONE_RE = re.compile(r"colo_checkpoint_done checkpoint (\d+): \d+ bytes, "
                      r"(\d+) pages \((\d+) copied before the stop\)")
 
 
-def test_precopy_hot_memory(bed, vm_factory, workdir, counter):
-    """Periodic at 1000 ms with the guest dirtying 40 MB/s: most dirty
-    pages are copied while the VM runs, so the pause holds only the pages
-    dirtied since the last pass.  A page written during or after its copy
-    must be copied again at the stop: once the primary stops at a
-    checkpoint, the secondary's memory is the primary's."""
-    pvm, svm, _ = start_pair(bed, vm_factory, workdir,
-                             append="colo.dirty_mbps=40 colo.dirty_mb=64",
+def precopy_run(bed, vm_factory, workdir, counter, append):
+    """Periodic at 1000 ms with the guest's dirtier as APPEND sets it:
+    once the primary stops at a checkpoint, the secondary's memory is the
+    primary's.  Returns the steady checkpoints' (seq, page copies, of
+    which before the stop)."""
+    pvm, svm, _ = start_pair(bed, vm_factory, workdir, append=append,
                              delay_ms=1000, output_delay_us=0,
                              primary_args=["-trace", "colo_checkpoint_done"])
     client = counter(interval=0.02, timeout=30, duration=600)
@@ -160,21 +159,42 @@ def test_precopy_hot_memory(bed, vm_factory, workdir, counter):
     diff = differing_pages(save_memory(pvm, os.path.join(workdir, "p.mem")),
                            save_memory(svm, os.path.join(workdir, "s.mem")))
     with open(pvm.stderr_path) as f:
-        done = [(int(seq), int(pages), int(pre))
-                for seq, pages, pre in DONE_RE.findall(f.read())]
+        trace = f.read()
+    done = [(int(seq), int(pages), int(pre))
+            for seq, pages, pre in DONE_RE.findall(trace)]
     steady = done[2:-1]     # not the first ones, nor the stopped one
-    pages = sum(d[1] for d in steady)
-    pre = sum(d[2] for d in steady)
     print("\nprecopy: %d checkpoints, %d page copies, %d before the stop"
-          % (len(steady), pages, pre))
+          % (len(steady), sum(d[1] for d in steady),
+             sum(d[2] for d in steady)))
     assert len(steady) >= 5, done
-    # ~10000 pages dirtied a second, passes every 10 ms: nearly all are
-    # copied before the stop.
-    assert pages > 5000 * len(steady), steady
-    assert pre > 0.8 * pages, steady
     assert checkpoints(pvm) == checkpoints(svm)
     assert_client_ok(CounterLog(client.out))
     assert diff == [], "pages differ after a checkpoint: %s" % diff[:20]
+    return steady
+
+
+def test_precopy_hot_memory(bed, vm_factory, workdir, counter):
+    """The guest sweeping 64 MiB at 40 MB/s: most dirty pages are copied
+    while the VM runs, so the pause holds only the pages dirtied since the
+    last pass.  A page written during or after its copy must be copied
+    again at the stop."""
+    steady = precopy_run(bed, vm_factory, workdir, counter,
+                         "colo.dirty_mbps=40 colo.dirty_mb=64")
+    pages = sum(d[1] for d in steady)
+    # ~10000 pages dirtied a second, passes every 10 ms: nearly all are
+    # copied before the stop.
+    assert pages > 5000 * len(steady), steady
+    assert sum(d[2] for d in steady) > 0.8 * pages, steady
+
+
+def test_precopy_hot_pages_again(bed, vm_factory, workdir, counter):
+    """The guest writing each page of 4 MiB every 100 ms: every page is
+    pre-copied, written again and copied at the stop, in every checkpoint.
+    Under TCG a sync that cleared the log of a page already marked left its
+    later writes unlogged (patches/ram-addr-sync-resets-tlb-for-every-
+    cleared-bit.patch): the memories differed."""
+    precopy_run(bed, vm_factory, workdir, counter,
+                "colo.dirty_mbps=40 colo.dirty_mb=4")
 
 
 def tcp_timeouts(bed):
