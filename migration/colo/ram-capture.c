@@ -4,12 +4,14 @@
  * Most of the copy happens while the VM runs (colo_ram_precopy(), called
  * every few milliseconds between checkpoints): each pass takes the pages
  * dirtied since the last one, clears their dirty bits and copies them into
- * the checkpoint buffer.  A page written during or after its copy is
- * dirtied again, so the stop (colo_ram_capture(), VM stopped, BQL held)
- * copies it once more: the secondary applies records in order, the last
- * copy wins, and the checkpoint is exact.  The pause then holds only the
- * pages dirtied since the last pass, not since the last checkpoint.  A
- * page is pre-copied at most once per checkpoint, so a checkpoint holds
+ * the checkpoint buffer.  A page written again after its copy is copied
+ * by the next pass over that copy, in place, where the buffer has room
+ * for it (not for a page that was zero, which has no contents there).  A
+ * page written during or after the last pass is dirtied again, so the
+ * stop (colo_ram_capture(), VM stopped, BQL held) copies it once more:
+ * the secondary applies records in order, the last copy wins, and the
+ * checkpoint is exact.  The pause then holds only the pages dirtied since
+ * the last pass, not since the last checkpoint, and a checkpoint holds
  * each page at most twice (colo_ram_checkpoint_max()).  Zero pages are
  * sent as ranges without contents.
  *
@@ -45,6 +47,13 @@ struct ColoRamCapture {
      * a copy of, taken while the VM ran.
      */
     unsigned long **precopied;
+    /*
+     * Per block, for each page with its bit in precopied: where its copy
+     * sits in the checkpoint buffer, or COLO_RAM_NO_COPY_AT when it has
+     * no contents there (a zero page, or a buffer past 4 GiB).  4 bytes a
+     * page, a thousandth of the guest's RAM.
+     */
+    uint32_t **copy_at;
     unsigned int nblocks;
     unsigned long *scratch;     /* as long as the longest block */
 };
@@ -85,11 +94,13 @@ ColoRamCapture *colo_ram_capture_new(void)
         cap->nblocks++;
     }
     cap->precopied = g_new0(unsigned long *, cap->nblocks);
+    cap->copy_at = g_new0(uint32_t *, cap->nblocks);
     cap->nblocks = 0;
     RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
         unsigned long npages = rb->max_length >> TARGET_PAGE_BITS;
 
-        cap->precopied[cap->nblocks++] = bitmap_new(npages);
+        cap->precopied[cap->nblocks] = bitmap_new(npages);
+        cap->copy_at[cap->nblocks++] = g_new(uint32_t, npages);
         longest = MAX(longest, npages);
     }
     cap->scratch = bitmap_new(longest);
@@ -103,19 +114,24 @@ void colo_ram_capture_free(ColoRamCapture *cap)
     }
     for (unsigned int i = 0; i < cap->nblocks; i++) {
         g_free(cap->precopied[i]);
+        g_free(cap->copy_at[i]);
     }
     g_free(cap->precopied);
+    g_free(cap->copy_at);
     g_free(cap->scratch);
     g_free(cap);
 }
 
+#define COLO_RAM_NO_COPY_AT UINT32_MAX
+
 /*
  * Append pages [start, end) of @rb: runs of zero pages as ZERO records,
- * runs of other pages as PAGES records with their contents.
+ * runs of other pages as PAGES records with their contents.  With
+ * @copy_at, note there where each page's contents went.
  */
 static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
                              unsigned long start, unsigned long end,
-                             ColoRamStats *stats)
+                             ColoRamStats *stats, uint32_t *copy_at)
 {
     unsigned long page = start;
     bool zero = buffer_is_zero(rb->host + (page << TARGET_PAGE_BITS),
@@ -140,6 +156,12 @@ static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
         colo_ram_record_put(out, zero ? COLO_RAM_ZERO : COLO_RAM_PAGES,
                             index, (uint64_t)page << TARGET_PAGE_BITS,
                             next - page);
+        for (unsigned long p = page; copy_at && p < next; p++) {
+            uint64_t at = out->len + ((p - page) << TARGET_PAGE_BITS);
+
+            copy_at[p] = zero || at >= COLO_RAM_NO_COPY_AT ?
+                         COLO_RAM_NO_COPY_AT : at;
+        }
         if (zero) {
             stats->zero_pages += next - page;
         } else {
@@ -226,12 +248,43 @@ static bool colo_ram_sync_on_vcpu(void)
     return synced;
 }
 
+/*
+ * Pages of block @index that this checkpoint holds a copy of and that the
+ * VM wrote since: copy each over its copy.  One pre-copied as zero stays
+ * dirty, for the stop, unless it is zero again.  Returns how many pages
+ * are clean again.
+ */
+static uint64_t colo_ram_recopy(ColoRamCapture *cap, unsigned int index,
+                                RAMBlock *rb, ColoBuf *out,
+                                unsigned long npages)
+{
+    const uint32_t *copy_at = cap->copy_at[index];
+    uint64_t recopied = 0;
+    unsigned long page;
+
+    bitmap_and(cap->scratch, rb->bmap, cap->precopied[index], npages);
+    for (page = find_first_bit(cap->scratch, npages); page < npages;
+         page = find_next_bit(cap->scratch, npages, page + 1)) {
+        const uint8_t *host = rb->host + (page << TARGET_PAGE_BITS);
+
+        if (copy_at[page] != COLO_RAM_NO_COPY_AT) {
+            memcpy(out->data + copy_at[page], host, TARGET_PAGE_SIZE);
+        } else if (!buffer_is_zero(host, TARGET_PAGE_SIZE)) {
+            continue;
+        }
+        clear_bit(page, rb->bmap);
+        recopied++;
+    }
+    return recopied;
+}
+
 void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
 {
     int64_t start = qemu_clock_get_us(QEMU_CLOCK_REALTIME);
     uint64_t pages = stats->pages, zero_pages = stats->zero_pages;
     size_t len = out->len;
     unsigned int index = 0;
+    uint64_t recopied = 0;
     RAMBlock *rb;
 
     bql_lock();
@@ -263,14 +316,15 @@ void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
             break;
         }
         done = cap->precopied[index];
-        /* A page copied once already waits for the stop. */
+        recopied += colo_ram_recopy(cap, index, rb, out, npages);
         bitmap_andnot(cap->scratch, rb->bmap, done, npages);
         page = find_first_bit(cap->scratch, npages);
         while (page < npages) {
             unsigned long end = find_next_zero_bit(cap->scratch, npages,
                                                    page + 1);
 
-            colo_ram_put_run(out, rb, index, page, end, stats);
+            colo_ram_put_run(out, rb, index, page, end, stats,
+                             cap->copy_at[index]);
             bitmap_clear(rb->bmap, page, end - page);
             bitmap_set(done, page, end - page);
             page = find_next_bit(cap->scratch, npages, end);
@@ -279,7 +333,8 @@ void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
     }
     stats->precopied += stats->pages - pages;
     trace_colo_ram_precopy(stats->pages - pages,
-                           stats->zero_pages - zero_pages, out->len - len,
+                           stats->zero_pages - zero_pages, recopied,
+                           out->len - len,
                            qemu_clock_get_us(QEMU_CLOCK_REALTIME) - start);
 }
 
@@ -308,7 +363,7 @@ bool colo_ram_capture(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats,
         while (page < npages) {
             unsigned long end = find_next_zero_bit(rb->bmap, npages, page + 1);
 
-            colo_ram_put_run(out, rb, index, page, end, stats);
+            colo_ram_put_run(out, rb, index, page, end, stats, NULL);
             bitmap_clear(rb->bmap, page, end - page);
             page = find_next_bit(rb->bmap, npages, end);
         }

@@ -76,10 +76,11 @@ ColoRamCapture *colo_ram_capture_new(void);
 void colo_ram_capture_free(ColoRamCapture *cap);
 
 /*
- * Primary, VM running, BQL not held: append to @out, as RAM records, the
- * pages dirtied since the previous call that this checkpoint holds no
- * copy of yet, and add them to @stats.  Under TCG, a pass whose dirty-log
- * sync no vCPU thread runs within a few ms copies nothing.
+ * Primary, VM running, BQL not held: of the pages dirtied since the
+ * previous call, copy those @out holds a copy of over that copy, and
+ * append the others to @out, as RAM records, adding them to @stats.
+ * Under TCG, a pass whose dirty-log sync no vCPU thread runs within a few
+ * ms copies nothing.
  */
 void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats);
 
