@@ -49,9 +49,9 @@ struct ColoRamCapture {
     unsigned long **precopied;
     /*
      * Per block, for each page with its bit in precopied: where its copy
-     * sits in the checkpoint buffer, or COLO_RAM_NO_COPY_AT when it has
-     * no contents there (a zero page, or a buffer past 4 GiB).  4 bytes a
-     * page, a thousandth of the guest's RAM.
+     * sits in the checkpoint buffer, or COLO_RAM_COPY_ZERO (it went as a
+     * zero page, without contents), or COLO_RAM_COPY_OUT_OF_REACH (past
+     * what 32 bits say).  4 bytes a page, a thousandth of the guest's RAM.
      */
     uint32_t **copy_at;
     unsigned int nblocks;
@@ -122,7 +122,8 @@ void colo_ram_capture_free(ColoRamCapture *cap)
     g_free(cap);
 }
 
-#define COLO_RAM_NO_COPY_AT UINT32_MAX
+#define COLO_RAM_COPY_ZERO UINT32_MAX
+#define COLO_RAM_COPY_OUT_OF_REACH (UINT32_MAX - 1)
 
 /*
  * Append pages [start, end) of @rb: runs of zero pages as ZERO records,
@@ -159,8 +160,9 @@ static void colo_ram_put_run(ColoBuf *out, RAMBlock *rb, uint16_t index,
         for (unsigned long p = page; copy_at && p < next; p++) {
             uint64_t at = out->len + ((p - page) << TARGET_PAGE_BITS);
 
-            copy_at[p] = zero || at >= COLO_RAM_NO_COPY_AT ?
-                         COLO_RAM_NO_COPY_AT : at;
+            copy_at[p] = zero ? COLO_RAM_COPY_ZERO :
+                         at >= COLO_RAM_COPY_OUT_OF_REACH ?
+                         COLO_RAM_COPY_OUT_OF_REACH : at;
         }
         if (zero) {
             stats->zero_pages += next - page;
@@ -251,8 +253,8 @@ static bool colo_ram_sync_on_vcpu(void)
 /*
  * Pages of block @index that this checkpoint holds a copy of and that the
  * VM wrote since: copy each over its copy.  One pre-copied as zero stays
- * dirty, for the stop, unless it is zero again.  Returns how many pages
- * are clean again.
+ * dirty, for the stop, unless it is zero again; one whose copy is out of
+ * reach stays dirty.  Returns how many pages are clean again.
  */
 static uint64_t colo_ram_recopy(ColoRamCapture *cap, unsigned int index,
                                 RAMBlock *rb, ColoBuf *out,
@@ -267,10 +269,13 @@ static uint64_t colo_ram_recopy(ColoRamCapture *cap, unsigned int index,
          page = find_next_bit(cap->scratch, npages, page + 1)) {
         const uint8_t *host = rb->host + (page << TARGET_PAGE_BITS);
 
-        if (copy_at[page] != COLO_RAM_NO_COPY_AT) {
-            memcpy(out->data + copy_at[page], host, TARGET_PAGE_SIZE);
-        } else if (!buffer_is_zero(host, TARGET_PAGE_SIZE)) {
+        if (copy_at[page] == COLO_RAM_COPY_OUT_OF_REACH ||
+            (copy_at[page] == COLO_RAM_COPY_ZERO &&
+             !buffer_is_zero(host, TARGET_PAGE_SIZE))) {
             continue;
+        }
+        if (copy_at[page] != COLO_RAM_COPY_ZERO) {
+            memcpy(out->data + copy_at[page], host, TARGET_PAGE_SIZE);
         }
         clear_bit(page, rb->bmap);
         recopied++;
@@ -296,7 +301,8 @@ void colo_ram_precopy(ColoRamCapture *cap, ColoBuf *out, ColoRamStats *stats)
          * marking for later stores to it: a sync between the two would
          * clear the mark and leave the page unlogged until the next sync.
          * Sync while no vCPU runs guest code.  The work runs even on a
-         * stopped vCPU; it needs the BQL, which callers never hold.
+         * stopped vCPU, once its thread holds the BQL, which callers
+         * never hold.
          */
         if (!colo_ram_sync_on_vcpu()) {
             /* What is dirty waits for the next pass, or the stop. */
